@@ -1,0 +1,89 @@
+//! The OpenAPI 3 description of the API, served at `/openapi.json`. A test checks that every route
+//! of the router is described here.
+
+use serde_json::{json, Value};
+
+fn name_param() -> Value {
+    json!([{ "name": "name", "in": "query", "required": true, "schema": { "type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$" } }])
+}
+
+fn op(summary: &str, params: bool, body: bool) -> Value {
+    let mut o = json!({
+        "summary": summary,
+        "responses": {
+            "200": { "description": "SUCCESS", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Envelope" } } } },
+            "400": { "description": "bad input; msg names the field and the reason" },
+            "401": { "description": "missing or wrong bearer token" },
+            "403": { "description": "read-only token, or a path outside the allowed directories" },
+            "404": { "description": "no such service or task" }
+        }
+    });
+    if params {
+        o["parameters"] = name_param();
+    }
+    if body {
+        o["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ServiceInfo" } } } });
+    }
+    o
+}
+
+/// The document.
+pub fn document() -> Value {
+    json!({
+        "openapi": "3.0.3",
+        "info": { "title": "air-nanny", "version": env!("CARGO_PKG_VERSION"),
+                  "description": "Process supervisor API. Every answer is {\"data\": …, \"msg\": \"SUCCESS\" | reason}." },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Envelope": { "type": "object", "properties": { "data": {}, "msg": { "type": "string" } } },
+                "ServiceInfo": { "type": "object", "required": ["name", "script"], "properties": {
+                    "name": { "type": "string" }, "priority": { "type": "integer" }, "isInit": { "type": "boolean" },
+                    "isDaemon": { "type": "boolean" },
+                    "script": { "type": "object", "properties": {
+                        "execPath": { "type": "string" }, "programFilePath": { "type": "string" },
+                        "startCommand": { "type": "string" }, "stopCommand": { "type": "string" },
+                        "args": { "type": "array", "items": { "type": "string" } },
+                        "env": { "type": "object", "additionalProperties": { "type": "string" } },
+                        "user": { "type": "string" }, "workDir": { "type": "string" },
+                        "startTimeout": { "type": "integer" }, "stopTimeout": { "type": "integer" },
+                        "stopSignal": { "type": "string" } } },
+                    "healthCheck": { "type": "object", "properties": {
+                        "isHealthCheck": { "type": "boolean" }, "interval": { "type": "integer" },
+                        "timeout": { "type": "integer" }, "start_period": { "type": "integer" },
+                        "retries": { "type": "integer" }, "start_interval": { "type": "integer" },
+                        "test": { "type": "array", "items": { "type": "string" } } } } } },
+                "Task": { "type": "object", "properties": {
+                    "ServiceInfo": { "$ref": "#/components/schemas/ServiceInfo" },
+                    "State": { "type": "integer", "description": "0 stopped, 1 starting, 2 running, 3 stopping, 4 backoff, 5 failed, 6 exited" },
+                    "StartFaultNum": { "type": "integer" }, "StopFaultNum": { "type": "integer" },
+                    "Pids": { "type": "array", "items": { "type": "integer" } },
+                    "StateName": { "type": "string" }, "Health": { "type": "string" }, "Restarts": { "type": "integer" },
+                    "Since": { "type": "integer" }, "UptimeSecs": { "type": "integer" },
+                    "LastExit": { "type": "string" }, "LastError": { "type": "string" } } }
+            }
+        },
+        "security": [{ "bearer": [] }],
+        "paths": {
+            "/serviceInfo/get": { "get": op("All service configurations", false, false) },
+            "/serviceInfo/find": { "get": op("One service configuration", true, false) },
+            "/serviceInfo/set": { "post": op("Add or replace a configuration (persisted; the running task is not touched)", false, true) },
+            "/serviceInfo/del": { "delete": op("Remove a configuration (persisted)", true, false) },
+            "/task/get": { "get": op("All tasks", false, false) },
+            "/task/find": { "get": op("One task", true, false) },
+            "/task/set": { "post": op("Persist a configuration and apply it now (start, or restart if changed)", false, true) },
+            "/task/del": { "delete": op("Stop the service and stop supervising it (configuration stays)", true, false) },
+            "/task/start": { "post": op("Start a service (and start it at boot again)", true, false) },
+            "/task/stop": { "post": op("Stop a service; it stays stopped across restarts of air-nanny", true, false) },
+            "/task/restart": { "post": op("Stop, then start a service", true, false) },
+            "/task/logs": { "get": { "summary": "Tail of a service's log", "parameters": [
+                { "name": "name", "in": "query", "required": true, "schema": { "type": "string" } },
+                { "name": "lines", "in": "query", "required": false, "schema": { "type": "integer", "default": 100 } }],
+                "responses": { "200": { "description": "SUCCESS" } } } },
+            "/reload": { "post": op("Re-read services.json and apply only the difference (as SIGHUP)", false, false) },
+            "/health": { "get": { "summary": "Liveness of air-nanny itself (no token needed)", "security": [],
+                "responses": { "200": { "description": "SUCCESS" } } } },
+            "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "the document" } } } }
+        }
+    })
+}

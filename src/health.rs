@@ -1,0 +1,94 @@
+//! Health probes with Docker HEALTHCHECK semantics: run one check, bounded by its timeout. The
+//! schedule (interval, start_period, retries) is the service task's; a probe only answers once.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::net::TcpStream;
+
+use crate::config::Probe;
+use crate::logfile::ServiceLog;
+use crate::process;
+use crate::reaper::Reaper;
+
+/// Runs one check of `probe` (never [`Probe::ProcessAlive`], which the service task answers from
+/// its own pids). `Ok` is healthy; `Err` says why not. A check that outlives `timeout` is killed
+/// with its whole process group and fails.
+pub async fn check(probe: &Probe, timeout: Duration, reaper: &Reaper, log: &ServiceLog) -> Result<(), String> {
+    match probe {
+        Probe::ProcessAlive => Ok(()),
+        Probe::Cmd(argv) => {
+            let mut cmd = Command::new(&argv[0]);
+            cmd.args(&argv[1..]);
+            run_command(cmd, timeout, reaper, log).await
+        }
+        Probe::Shell(script) => {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.arg("-c").arg(script);
+            run_command(cmd, timeout, reaper, log).await
+        }
+        Probe::Http(url) => match crate::http::request("GET", url, &[], None, timeout).await {
+            Ok(r) if (200..300).contains(&r.status) => Ok(()),
+            Ok(r) => Err(format!("GET {url} answered {}", r.status)),
+            Err(e) => Err(e.to_string()),
+        },
+        Probe::Tcp(addr) => match tokio::time::timeout(timeout, TcpStream::connect(addr.as_str())).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot connect to {addr}: {e}")),
+            Err(_) => Err(format!("connect to {addr} timed out after {}s", timeout.as_secs())),
+        },
+    }
+}
+
+async fn run_command(mut cmd: Command, timeout: Duration, reaper: &Reaper, log: &ServiceLog) -> Result<(), String> {
+    let out = log.pipe().map_err(|e| format!("cannot capture output: {e}"))?;
+    let err = out.try_clone().map_err(|e| format!("cannot capture output: {e}"))?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    let spawned = reaper.spawn(&mut cmd).map_err(|e| format!("cannot run the check: {e}"))?;
+    drop(cmd);
+    match tokio::time::timeout(timeout, spawned.exit).await {
+        Ok(Ok(exit)) if exit.success() => Ok(()),
+        Ok(Ok(exit)) => Err(format!("check {exit}")),
+        Ok(Err(_)) => Err("check's exit was lost".into()),
+        Err(_) => {
+            process::signal_group(spawned.pid, Signal::SIGKILL);
+            Err(format!("check timed out after {}s and was killed", timeout.as_secs()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn probes_answer() {
+        let reaper = Reaper::start().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let log = ServiceLog::open(dir.path(), "t", 1 << 20, 1);
+        let t = Duration::from_secs(5);
+        assert!(check(&Probe::Shell("exit 0".into()), t, &reaper, &log).await.is_ok());
+        let e = check(&Probe::Cmd(vec!["false".into()]), t, &reaper, &log).await.unwrap_err();
+        assert!(e.contains("exit status 1"), "{e}");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        assert!(check(&Probe::Tcp(addr.clone()), t, &reaper, &log).await.is_ok());
+        drop(listener);
+        assert!(check(&Probe::Tcp(addr), t, &reaper, &log).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_hanging_check_is_killed_with_its_group() {
+        let reaper = Reaper::start().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let log = ServiceLog::open(dir.path(), "t", 1 << 20, 1);
+        let marker = dir.path().join("pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", marker.display());
+        let e = check(&Probe::Shell(script), Duration::from_millis(300), &reaper, &log).await.unwrap_err();
+        assert!(e.contains("timed out"), "{e}");
+        let pid: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        assert!(process::wait_all_exit(&[pid], deadline).await, "the check's own child must die too");
+    }
+}

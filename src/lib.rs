@@ -1,0 +1,158 @@
+//! air-nanny: a process supervisor for the onboard Linux computers of aircraft. It starts an
+//! airborne system's programs in order, keeps them alive with health checks and restarts, stops them
+//! in reverse order, and serves a REST API to inspect and change all of it.
+//!
+//! # Layout
+//! - [`config`]: config.yaml, the public file and services.json (the seed's formats), validated.
+//! - [`store`]: the one owner of services.json; atomic, power-loss-safe writes ([`atomic`]).
+//! - [`supervisor`]: one task per service behind handles; boot order, restarts, shutdown.
+//! - [`process`]: finding programs in /proc, pidfd waits, process-group signals.
+//! - [`reaper`]: the single owner of `waitpid`; every child is spawned through it.
+//! - [`health`]: one health probe (CMD, CMD-SHELL, HTTP, TCP).
+//! - [`logfile`]: size-rotated per-service logs.
+//! - [`api`]: the REST API (axum); [`ctl`]: its command-line client; [`http`]: a tiny HTTP client.
+//! - [`notify`]: sd_notify readiness and watchdog.
+
+pub mod api;
+pub mod atomic;
+pub mod config;
+pub mod ctl;
+pub mod health;
+pub mod http;
+pub mod logfile;
+pub mod notify;
+pub mod process;
+pub mod reaper;
+pub mod store;
+pub mod supervisor;
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use config::Settings;
+use store::ConfigStore;
+use supervisor::{ShutdownReport, Supervisor};
+
+/// Errors that stop air-nanny from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("configuration problems:\n{0}")]
+    Config(config::Problems),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("refusing to start: SERVER_ADDR {0} is not a loopback address and no API_TOKEN_FILE is set; the API can start programs, so it is never opened to the network without a token")]
+    OpenToNetwork(std::net::IpAddr),
+    #[error("refusing to start: {0}")]
+    Token(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("cannot set up {what}: {source}")]
+    Setup { what: &'static str, source: std::io::Error },
+}
+
+/// Loads and validates everything `run` needs; warnings are logged, errors stop here.
+pub fn prepare(config_path: &std::path::Path) -> Result<(Settings, ConfigStore, api::Tokens), StartupError> {
+    let mut problems = config::Problems::default();
+    let settings = Settings::load(config_path, &mut problems);
+    let Some(settings) = settings.filter(|_| !problems.has_errors()) else {
+        return Err(StartupError::Config(problems));
+    };
+    for w in problems.warnings() {
+        tracing::warn!("{w}");
+    }
+    let tokens = api::Tokens::load(&settings).map_err(StartupError::Token)?;
+    if !settings.addr.is_loopback() && tokens.write.is_none() {
+        return Err(StartupError::OpenToNetwork(settings.addr));
+    }
+    let (store, report) = ConfigStore::load(&settings.services_file)?;
+    if let Some(reason) = report.fell_back {
+        tracing::error!(
+            file = %settings.services_file.display(),
+            "services.json is unusable ({reason}); USING THE BACKUP {}; the bad file is kept as services.json.corrupt",
+            atomic::backup_path(&settings.services_file).display()
+        );
+    }
+    for w in report.warnings.warnings() {
+        tracing::warn!("{w}");
+    }
+    Ok((settings, store, tokens))
+}
+
+/// Runs the supervisor and the API until `shutdown` is cancelled (or SIGTERM/SIGINT arrives), then
+/// stops every service in reverse order. Returns what the shutdown ended with.
+pub async fn run(
+    settings: Settings,
+    store: ConfigStore,
+    tokens: api::Tokens,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<ShutdownReport, StartupError> {
+    let settings = Arc::new(settings);
+    std::fs::create_dir_all(&settings.log_dir).map_err(|source| StartupError::Setup { what: "LOG_DIR", source })?;
+    if let Err(e) = process::become_subreaper() {
+        tracing::warn!("cannot become a child subreaper ({e}); daemonised programs are watched by pidfd only");
+    }
+    let reaper = reaper::Reaper::start().map_err(|source| StartupError::Setup { what: "SIGCHLD handling", source })?;
+    // Handlers are installed before the first service starts, so no stop signal is ever missed.
+    let signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|source| StartupError::Setup { what: "signal handling", source })?;
+    let (sup, supervisor_done) = Supervisor::start(settings.clone(), store.clone(), reaper, shutdown.clone());
+    spawn_signal_task(signals, sup.clone(), shutdown.clone());
+
+    let state = api::AppState { settings: settings.clone(), store, supervisor: sup.clone(), tokens: Arc::new(tokens) };
+    let app = api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let api_shutdown = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move { api_shutdown.cancelled().await }).await
+    });
+    let ready = sup.clone();
+    let ready_task = tokio::spawn(async move {
+        ready.booted().await;
+        notify::send("READY=1\nSTATUS=all services started");
+    });
+
+    let report = supervisor_done.await.unwrap_or(ShutdownReport { faults: vec![("air-nanny".into(), "supervisor task panicked".into())] });
+    ready_task.abort();
+    if let Ok(Err(e)) = server.await {
+        tracing::error!("API server error: {e}");
+    }
+    Ok(report)
+}
+
+/// SIGTERM/SIGINT cancel the root token (a second one exits at once); SIGHUP reloads services.json.
+fn spawn_signal_task(mut signals: signal_hook_tokio::Signals, sup: Supervisor, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        while let Some(sig) = signals.next().await {
+            match sig {
+                SIGHUP => {
+                    let sup = sup.clone();
+                    tokio::spawn(async move {
+                        match sup.reload().await {
+                            Ok(s) => tracing::info!(added = ?s.added, removed = ?s.removed, changed = ?s.changed, "SIGHUP: reloaded"),
+                            Err(e) => tracing::error!("SIGHUP: reload refused, nothing changed: {e}"),
+                        }
+                    });
+                }
+                _ if shutdown.is_cancelled() => {
+                    tracing::error!("second stop signal: exiting now; services still running will be adopted at the next start");
+                    std::process::exit(130);
+                }
+                _ => {
+                    tracing::info!(signal = sig, "stop signal: stopping services in reverse order");
+                    notify::send("STOPPING=1");
+                    shutdown.cancel();
+                }
+            }
+        }
+    });
+}
+
+/// Binds the API listener for `settings`.
+pub async fn bind(settings: &Settings) -> Result<TcpListener, StartupError> {
+    let addr = std::net::SocketAddr::new(settings.addr, settings.port);
+    TcpListener::bind(addr).await.map_err(|source| StartupError::Listen { addr: addr.to_string(), source })
+}

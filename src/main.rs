@@ -1,0 +1,168 @@
+//! The `air-nanny` command: parse flags, set up logging, hand over to the library, map the result
+//! to an exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use air_nanny::config::{self, ServiceInfo};
+use air_nanny::ctl;
+
+const PACKAGED_CONFIG: &str = "/etc/air-nanny/config.yaml";
+const REPO_CONFIG: &str = "conf/config.yaml";
+
+/// Process supervisor for onboard Linux computers: starts programs in order, keeps them alive with
+/// health checks and restarts, stops them in reverse order, and serves a REST API.
+#[derive(Parser)]
+#[command(name = "air-nanny", version, propagate_version = true)]
+struct Cli {
+    /// config.yaml to use [default: /etc/air-nanny/config.yaml, else conf/config.yaml]
+    #[arg(long, short = 'c', global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Log level or filter (error, warn, info, debug, trace); RUST_LOG works too.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the supervisor (what a bare `air-nanny` does).
+    Run,
+    /// Validate config.yaml, the public file and services.json; print every problem.
+    Check,
+    /// Talk to a running air-nanny over its REST API.
+    Ctl {
+        /// Base URL of the API [default: the local instance from config.yaml]
+        #[arg(long)]
+        url: Option<String>,
+        /// File holding the bearer token [default: API_TOKEN_FILE from config.yaml]
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
+        /// Print the API's data as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: ctl::CtlCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = cli
+        .log_level
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let config = cli.config.clone().unwrap_or_else(default_config);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Cmd::Run) {
+        Cmd::Check => check(&config),
+        Cmd::Run => runtime.block_on(run(&config)),
+        Cmd::Ctl { url, token_file, json, command } => runtime.block_on(async {
+            match ctl::Target::resolve(&config, url, token_file) {
+                Ok(target) => ExitCode::from(ctl::run(&target, command, json).await as u8),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }),
+    }
+}
+
+fn default_config() -> PathBuf {
+    if Path::new(PACKAGED_CONFIG).exists() {
+        PathBuf::from(PACKAGED_CONFIG)
+    } else {
+        PathBuf::from(REPO_CONFIG)
+    }
+}
+
+fn check(config: &Path) -> ExitCode {
+    let (_, services, problems) = config::check_all(config);
+    for p in &problems.items {
+        println!("{p}");
+    }
+    let (errors, warnings) = (problems.error_count(), problems.warnings().count());
+    if errors > 0 {
+        println!("{errors} error(s), {warnings} warning(s): {} is not valid", config.display());
+        return ExitCode::from(1);
+    }
+    println!("{} is valid: {} service(s), {warnings} warning(s)", config.display(), services.len());
+    println!("start order: {}", plan(&services));
+    ExitCode::SUCCESS
+}
+
+/// The start order as one line: `[init: a] -> [priority 1: b, c]`.
+fn plan(services: &[ServiceInfo]) -> String {
+    let mut groups: std::collections::BTreeMap<(bool, i64), Vec<&str>> = Default::default();
+    for s in services {
+        groups.entry((!s.is_init, s.priority)).or_default().push(&s.name);
+    }
+    groups
+        .into_iter()
+        .map(|((not_init, prio), names)| {
+            let kind = if not_init { "" } else { "init, " };
+            format!("[{kind}priority {prio}: {}]", names.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(" -> ")
+}
+
+async fn run(config: &Path) -> ExitCode {
+    let (settings, store, tokens) = match air_nanny::prepare(config) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let services = store.list().await;
+    tracing::info!(
+        server = %settings.server,
+        config = %settings.config_path.display(),
+        services = services.len(),
+        "air-nanny {} starting; start order: {}",
+        env!("CARGO_PKG_VERSION"),
+        plan(&services)
+    );
+    let listener = match air_nanny::bind(&settings).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing::info!("API listening on http://{}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+    match air_nanny::run(settings, store, tokens, listener, CancellationToken::new()).await {
+        Ok(report) if report.faults.is_empty() => {
+            tracing::info!("all services stopped; exiting");
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            for (name, reason) in &report.faults {
+                tracing::error!(service = %name, "did not stop cleanly: {reason}");
+            }
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Processes on this machine: finding a program's processes in /proc, waiting for a pid to exit
+//! (pidfd), and signalling process groups safely. Spawning lives in `reaper`, which owns exits.
+
+use std::ffi::OsStr;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::{getpgrp, Pid};
+use tokio::io::unix::AsyncFd;
+use tokio::time::Instant;
+
+/// Parses `SIGTERM`, `TERM` or a number into a signal.
+pub fn parse_signal(name: &str) -> Option<Signal> {
+    let upper = name.trim().to_ascii_uppercase();
+    if let Ok(n) = upper.parse::<i32>() {
+        return Signal::try_from(n).ok();
+    }
+    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    full.parse::<Signal>().ok()
+}
+
+/// Every live process whose executable is `program`, found by `/proc/PID/exe` (an executable
+/// replaced on disk, shown as `(deleted)`, still counts) and, for interpreted programs, by argv
+/// (`interpreter program …`). Zombies and air-nanny itself are never included.
+pub fn find_program(program: &Path) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut pids = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return pids };
+    let want = program.as_os_str().as_bytes();
+    let mut deleted = want.to_vec();
+    deleted.extend_from_slice(b" (deleted)");
+    let mut buf = PathBuf::new();
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = std::str::from_utf8(name.as_bytes()).ok().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        buf.clear();
+        buf.push("/proc");
+        buf.push(name);
+        buf.push("exe");
+        let by_exe = match std::fs::read_link(&buf) {
+            Ok(exe) => {
+                let b = exe.as_os_str().as_bytes();
+                b == want || b == deleted.as_slice()
+            }
+            Err(_) => false,
+        };
+        if by_exe || (by_argv(pid, want) && !is_zombie(pid)) {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
+/// `argv[0] == program`, or `interpreter program …` where the interpreter is a known one.
+fn by_argv(pid: i32, want: &[u8]) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let mut args = cmdline.split(|b| *b == 0);
+    let Some(arg0) = args.next() else { return false };
+    if arg0 == want {
+        return true;
+    }
+    let base = Path::new(OsStr::from_bytes(arg0)).file_name().map(|n| n.as_bytes()).unwrap_or_default();
+    const INTERPRETERS: &[&[u8]] = &[b"python", b"perl", b"ruby", b"node", b"lua", b"java", b"bash", b"sh", b"dash"];
+    if INTERPRETERS.iter().any(|i| base.starts_with(i)) {
+        // Skip interpreter flags such as `python3 -u prog`.
+        for a in args {
+            if a.first() == Some(&b'-') {
+                continue;
+            }
+            return a == want;
+        }
+    }
+    false
+}
+
+fn is_zombie(pid: i32) -> bool {
+    stat_field(pid, 0).is_none_or(|s| s == "Z" || s == "X")
+}
+
+/// A field of /proc/PID/stat after the command name: 0 = state, 1 = ppid, 2 = pgrp.
+fn stat_field(pid: i32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split(' ').nth(n).map(str::to_string)
+}
+
+/// The parent of `pid`, if it is alive.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    stat_field(pid, 1)?.parse().ok()
+}
+
+/// Whether `pid` is alive (a zombie is not).
+pub fn is_alive(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None).is_ok() && !is_zombie(pid)
+}
+
+/// The process group of `pid`.
+pub fn pgid_of(pid: i32) -> Option<i32> {
+    nix::unistd::getpgid(Some(Pid::from_raw(pid))).ok().map(Pid::as_raw)
+}
+
+/// Sends `sig` to the process group `pgid`, unless that group is air-nanny's own (or init's).
+pub fn signal_group(pgid: i32, sig: Signal) {
+    if pgid <= 1 || pgid == getpgrp().as_raw() {
+        return;
+    }
+    let _ = killpg(Pid::from_raw(pgid), sig);
+}
+
+/// Sends `sig` to each pid and to each pid's process group (guarded as in [`signal_group`]).
+pub fn signal_all(pids: &[i32], sig: Signal) {
+    for &pid in pids {
+        if let Some(pgid) = pgid_of(pid) {
+            signal_group(pgid, sig);
+        }
+        if pid > 1 && pid != std::process::id() as i32 {
+            let _ = kill(Pid::from_raw(pid), sig);
+        }
+    }
+}
+
+/// Waits until `pid` has exited (a zombie counts as exited). Uses a pidfd, so the wake-up is the
+/// exit itself; where pidfd_open is unavailable (old kernels, some emulators) it checks every 100 ms.
+pub async fn wait_exit(pid: i32) {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd >= 0 {
+        // SAFETY: the kernel just handed us this fd; nothing else owns it.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // SAFETY: the AsyncFd owns the fd for its whole life; nothing else closes or replaces it.
+        if let Ok(afd) = unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) } {
+            if let Ok(mut guard) = afd.readable().await {
+                guard.retain_ready();
+            }
+            return;
+        }
+    }
+    while is_alive(pid) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until every pid has exited, or `deadline` passes. True when all are gone.
+pub async fn wait_all_exit(pids: &[i32], deadline: Instant) -> bool {
+    let all = futures_util::future::join_all(pids.iter().map(|&p| wait_exit(p)));
+    tokio::time::timeout_at(deadline, all).await.is_ok()
+}
+
+/// A uid and gid for a `user` field: a numeric uid, or a name looked up in /etc/passwd directly
+/// (static builds cannot rely on NSS).
+pub fn lookup_user(user: &str) -> Result<(u32, u32), String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let by_uid = user.parse::<u32>().ok();
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() < 4 {
+            continue;
+        }
+        let (Ok(uid), Ok(gid)) = (f[2].parse::<u32>(), f[3].parse::<u32>()) else { continue };
+        if f[0] == user || by_uid == Some(uid) {
+            return Ok((uid, gid));
+        }
+    }
+    match by_uid {
+        Some(uid) => Ok((uid, uid)),
+        None => Err(format!("no user named {user:?} in /etc/passwd")),
+    }
+}
+
+/// Makes the calling process a child subreaper, so that orphans of its descendants (programs that
+/// control scripts daemonise) are reparented to it and their death is seen through SIGCHLD.
+pub fn become_subreaper() -> std::io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse() {
+        assert_eq!(parse_signal("SIGTERM"), Some(Signal::SIGTERM));
+        assert_eq!(parse_signal("int"), Some(Signal::SIGINT));
+        assert_eq!(parse_signal("9"), Some(Signal::SIGKILL));
+        assert_eq!(parse_signal("SIGNOPE"), None);
+    }
+
+    #[test]
+    fn finds_processes_by_exe_and_not_itself() {
+        let me = std::env::current_exe().unwrap();
+        assert!(!find_program(&me).contains(&(std::process::id() as i32)));
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let sleep = std::fs::read_link(format!("/proc/{}/exe", child.id())).unwrap();
+        assert!(find_program(&sleep).contains(&(child.id() as i32)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!find_program(&sleep).contains(&(child.id() as i32)));
+    }
+
+    #[test]
+    fn users_resolve_from_passwd() {
+        assert_eq!(lookup_user("root").unwrap(), (0, 0));
+        assert_eq!(lookup_user("0").unwrap(), (0, 0));
+        assert!(lookup_user("no-such-user-here").is_err());
+    }
+
+    #[tokio::test]
+    async fn wait_exit_wakes_on_exit() {
+        let mut child = std::process::Command::new("sleep").arg("0.05").spawn().unwrap();
+        let pid = child.id() as i32;
+        let waited = tokio::time::timeout(Duration::from_secs(5), wait_exit(pid)).await;
+        assert!(waited.is_ok());
+        child.wait().unwrap();
+    }
+}

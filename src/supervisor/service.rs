@@ -1,0 +1,614 @@
+//! One task per service: it alone runs the service's start and stop, watches its program, runs its
+//! health checks and restarts it; others talk to it through a [`ServiceHandle`].
+//!
+//! Theory of operation: the task waits in one `select!` on controls (start, stop, restart, apply),
+//! events (a watched pid exited, a health check answered) and the next deadline (backoff over, next
+//! check due); there is no polling tick. Every run of the program has a generation; watchers and
+//! checks of an older generation are cancelled, and their late events are ignored.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::state::{Backoff, Health, State, TaskSnapshot};
+use crate::config::{Probe, ServiceInfo, Settings};
+use crate::health;
+use crate::logfile::ServiceLog;
+use crate::process;
+use crate::reaper::{Exit, Reaper};
+
+/// What a caller asks of a service.
+#[derive(Debug)]
+pub enum Control {
+    Start,
+    Stop,
+    Restart,
+    /// Use this configuration from now on: start it, or restart it if it changed.
+    Apply(Box<ServiceInfo>),
+}
+
+struct Request {
+    control: Control,
+    reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// What happened, told to the service task.
+enum Event {
+    /// A watched process of generation `gen` is gone; `exit` is known for direct-mode children.
+    Gone { gen: u64, pid: i32, exit: Option<Exit> },
+    Checked { gen: u64, result: Result<(), String> },
+}
+
+/// The handle on one service task. Cheap to clone.
+#[derive(Clone)]
+pub struct ServiceHandle {
+    tx: mpsc::Sender<Request>,
+    snapshot: watch::Receiver<TaskSnapshot>,
+    log: ServiceLog,
+}
+
+impl ServiceHandle {
+    /// Asks the task to do `control` and waits until it is done; `Err` carries the reason it failed.
+    pub async fn send(&self, control: Control) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request { control, reply }).await.map_err(|_| "the service task has ended".to_string())?;
+        rx.await.map_err(|_| "the service task has ended".to_string())?
+    }
+
+    pub fn snapshot(&self) -> TaskSnapshot {
+        self.snapshot.borrow().clone()
+    }
+
+    pub fn watch(&self) -> watch::Receiver<TaskSnapshot> {
+        self.snapshot.clone()
+    }
+
+    pub fn log(&self) -> &ServiceLog {
+        &self.log
+    }
+}
+
+/// Starts the task for `info`, initially stopped. It ends when every handle is dropped.
+pub fn spawn(info: ServiceInfo, settings: Arc<Settings>, reaper: Reaper) -> ServiceHandle {
+    let log = ServiceLog::open(&settings.log_dir, &info.name, settings.log_max_bytes, settings.log_max_files);
+    let (tx, requests) = mpsc::channel(16);
+    let (snapshot_tx, snapshot) = watch::channel(TaskSnapshot::new(info.clone()));
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+        ^ (info.name.len() as u64) << 32;
+    let backoff = Backoff::new(settings.backoff_base, settings.backoff_max, settings.backoff_reset, seed);
+    let task = ServiceTask {
+        snap: TaskSnapshot::new(info.clone()),
+        info,
+        settings,
+        reaper,
+        log: log.clone(),
+        run: Run::default(),
+        gen: 0,
+        gen_token: CancellationToken::new(),
+        backoff,
+        backoff_until: None,
+        events_tx,
+        events,
+        requests,
+        snapshot_tx,
+    };
+    tokio::spawn(task.run());
+    ServiceHandle { tx, snapshot, log }
+}
+
+/// The current run of the program: its processes and the health-check schedule.
+#[derive(Default)]
+struct Run {
+    pids: Vec<i32>,
+    started: Option<Instant>,
+    /// Consecutive failed checks (outside the start period).
+    failures: u32,
+    in_start_period: bool,
+    next_check: Option<Instant>,
+}
+
+struct ServiceTask {
+    info: ServiceInfo,
+    settings: Arc<Settings>,
+    reaper: Reaper,
+    log: ServiceLog,
+    /// What observers see; `state`, `pids` and `health` always describe the truth.
+    snap: TaskSnapshot,
+    run: Run,
+    gen: u64,
+    gen_token: CancellationToken,
+    backoff: Backoff,
+    backoff_until: Option<Instant>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedReceiver<Event>,
+    requests: mpsc::Receiver<Request>,
+    snapshot_tx: watch::Sender<TaskSnapshot>,
+}
+
+impl ServiceTask {
+    async fn run(mut self) {
+        loop {
+            let wake = self.next_wakeup();
+            tokio::select! {
+                req = self.requests.recv() => match req {
+                    Some(Request { control, reply }) => {
+                        let r = self.on_control(control).await;
+                        let _ = reply.send(r);
+                    }
+                    None => break,
+                },
+                Some(ev) = self.events.recv() => self.on_event(ev).await,
+                _ = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => self.on_deadline().await,
+            }
+            self.publish();
+        }
+        self.gen_token.cancel();
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        match self.snap.state {
+            State::Backoff => self.backoff_until,
+            State::Running => self.run.next_check,
+            _ => None,
+        }
+    }
+
+    fn publish(&mut self) {
+        self.snap.info = self.info.clone();
+        self.snap.pids = self.run.pids.clone();
+        let snap = self.snap.clone();
+        self.snapshot_tx.send_replace(snap);
+    }
+
+    fn set_state(&mut self, state: State) {
+        if self.snap.state != state {
+            self.snap.state = state;
+            self.snap.since = SystemTime::now();
+        }
+        if state != State::Running {
+            self.run = Run::default();
+            self.snap.health = Health::None;
+        }
+        self.publish();
+    }
+
+    async fn on_control(&mut self, control: Control) -> Result<(), String> {
+        match control {
+            Control::Start => {
+                if matches!(self.snap.state, State::Running) {
+                    return Ok(());
+                }
+                self.backoff.reset();
+                self.start().await
+            }
+            Control::Stop => self.stop().await,
+            Control::Restart => {
+                let stopped = self.stop().await;
+                self.backoff.reset();
+                self.snap.restarts += 1;
+                let started = self.start().await;
+                stopped.and(started)
+            }
+            Control::Apply(info) => {
+                let changed = *info != self.info;
+                let running = matches!(self.snap.state, State::Running);
+                if !changed && running {
+                    return Ok(());
+                }
+                let stopped = if running { self.stop().await } else { Ok(()) };
+                if changed {
+                    self.log.note("configuration changed");
+                }
+                self.info = *info;
+                self.snap.info = self.info.clone();
+                self.backoff.reset();
+                let started = self.start().await;
+                stopped.and(started)
+            }
+        }
+    }
+
+    /// Starts the program: adopts it when it already runs, else runs the start command (script mode)
+    /// or spawns it (direct mode). A failure is counted and leads to backoff (or Failed).
+    async fn start(&mut self) -> Result<(), String> {
+        self.new_generation();
+        self.set_state(State::Starting);
+        let program = self.settings.program_path(&self.info);
+        let found = process::find_program(&program);
+        if !found.is_empty() {
+            self.log.note(&format!("adopted running program {} (pids {found:?})", program.display()));
+            tracing::info!(service = %self.info.name, pids = ?found, "adopted running program");
+            self.enter_running(found, None);
+            return Ok(());
+        }
+        let result = if self.info.is_direct() { self.start_direct(&program) } else { self.start_script(&program).await };
+        match result {
+            Ok((pids, child_exit)) => {
+                self.snap.last_error = None;
+                tracing::info!(service = %self.info.name, pids = ?pids, "running");
+                self.enter_running(pids, child_exit);
+                Ok(())
+            }
+            Err(reason) => {
+                self.snap.start_faults += 1;
+                self.snap.last_error = Some(reason.clone());
+                self.log.note(&format!("start failed: {reason}"));
+                tracing::warn!(service = %self.info.name, "start failed: {reason}");
+                self.after_failure(Duration::ZERO);
+                Err(reason)
+            }
+        }
+    }
+
+    async fn start_script(
+        &mut self,
+        program: &Path,
+    ) -> Result<(Vec<i32>, Option<oneshot::Receiver<Exit>>), String> {
+        let script = self.settings.script_path(&self.info).expect("script mode");
+        let deadline = Instant::now() + self.settings.start_timeout_of(&self.info);
+        let command = self.info.script.start_command.clone();
+        self.log.note(&format!("start: {} {command}", script.display()));
+        let exit = self.run_script(&script, &command, deadline).await?;
+        if !exit.success() {
+            return Err(format!("start command {} {command} failed: {exit}", script.display()));
+        }
+        // The script has daemonised the program; it usually runs already. Wait for it, bounded.
+        let mut step = Duration::from_millis(2);
+        loop {
+            let pids = process::find_program(program);
+            if !pids.is_empty() {
+                return Ok((pids, None));
+            }
+            if Instant::now() >= deadline {
+                let secs = self.settings.start_timeout_of(&self.info).as_secs();
+                return Err(format!("start command succeeded but no process of {} appeared within {secs}s", program.display()));
+            }
+            tokio::time::sleep(step.min(deadline - Instant::now())).await;
+            step = (step * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Runs the control script with `arg`, output to the service log, killed with its group at
+    /// `deadline`.
+    async fn run_script(&self, script: &Path, arg: &str, deadline: Instant) -> Result<Exit, String> {
+        let mut cmd = Command::new(script);
+        if !arg.is_empty() {
+            cmd.arg(arg);
+        }
+        let dir = match &self.info.script.work_dir {
+            Some(d) => crate::config::resolve(&self.settings.work_dir, d),
+            None => script.parent().map(Path::to_path_buf).unwrap_or_else(|| self.settings.work_dir.clone()),
+        };
+        cmd.current_dir(dir)
+            .env("AIR_NANNY_SERVICE", &self.info.name)
+            .env("AIR_NANNY_PROGRAM", self.settings.program_path(&self.info))
+            .env("AIR_NANNY_ROOTPATH", &self.settings.rootpath);
+        let spawned = self.spawn_logged(cmd).map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        match tokio::time::timeout_at(deadline, spawned.exit).await {
+            Ok(Ok(exit)) => {
+                self.log.note(&format!("{} {arg}: {exit}", script.display()));
+                Ok(exit)
+            }
+            Ok(Err(_)) => Err(format!("the exit of {} {arg} was lost", script.display())),
+            Err(_) => {
+                process::signal_group(spawned.pid, Signal::SIGKILL);
+                Err(format!("{} {arg} did not finish in time and was killed", script.display()))
+            }
+        }
+    }
+
+    fn spawn_logged(&self, mut cmd: Command) -> std::io::Result<crate::reaper::Spawned> {
+        let out = self.log.pipe()?;
+        let err = out.try_clone()?;
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        // `cmd` (holding our copies of the pipe's write end) is dropped on return, so the log pump
+        // sees end-of-file once the child and its descendants close it.
+        self.reaper.spawn(&mut cmd)
+    }
+
+    fn start_direct(&mut self, program: &Path) -> Result<(Vec<i32>, Option<oneshot::Receiver<Exit>>), String> {
+        let s = &self.info.script;
+        let mut cmd = Command::new(program);
+        cmd.args(&s.args).envs(&s.env).env("AIR_NANNY_SERVICE", &self.info.name);
+        let dir = match &s.work_dir {
+            Some(d) => crate::config::resolve(&self.settings.work_dir, d),
+            None => program.parent().map(Path::to_path_buf).unwrap_or_else(|| self.settings.work_dir.clone()),
+        };
+        cmd.current_dir(dir);
+        if let Some(user) = &s.user {
+            use std::os::unix::process::CommandExt;
+            let (uid, gid) = process::lookup_user(user)?;
+            cmd.uid(uid).gid(gid);
+        }
+        self.log.note(&format!("start: {} {}", program.display(), s.args.join(" ")));
+        let spawned = self.spawn_logged(cmd).map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+        Ok((vec![spawned.pid], Some(spawned.exit)))
+    }
+
+    fn enter_running(&mut self, pids: Vec<i32>, child_exit: Option<oneshot::Receiver<Exit>>) {
+        self.set_state(State::Running);
+        let now = Instant::now();
+        let hc = &self.info.health_check;
+        self.run = Run { pids: pids.clone(), started: Some(now), failures: 0, in_start_period: false, next_check: None };
+        if hc.is_health_check {
+            self.run.in_start_period = hc.start_period > 0;
+            let first = if self.run.in_start_period { hc.start_interval() } else { hc.interval };
+            self.run.next_check = Some(now + Duration::from_secs(first));
+            self.snap.health = Health::Starting;
+        }
+        match child_exit {
+            Some(exit) => self.watch_child(pids[0], exit),
+            None => self.watch_pids(&pids),
+        }
+        self.publish();
+    }
+
+    fn new_generation(&mut self) {
+        self.gen_token.cancel();
+        self.gen_token = CancellationToken::new();
+        self.gen += 1;
+    }
+
+    /// Direct mode: the reaper tells us the child's exit and its status.
+    fn watch_child(&self, pid: i32, exit: oneshot::Receiver<Exit>) {
+        let (gen, tx, token) = (self.gen, self.events_tx.clone(), self.gen_token.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                e = exit => { let _ = tx.send(Event::Gone { gen, pid, exit: e.ok() }); }
+                _ = token.cancelled() => {}
+            }
+        });
+    }
+
+    /// Script mode and adopted programs: a pidfd tells us when each process exits.
+    fn watch_pids(&self, pids: &[i32]) {
+        for &pid in pids {
+            let (gen, tx, token) = (self.gen, self.events_tx.clone(), self.gen_token.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = process::wait_exit(pid) => { let _ = tx.send(Event::Gone { gen, pid, exit: None }); }
+                    _ = token.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    async fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Gone { gen, pid, exit } if gen == self.gen && self.snap.state == State::Running => {
+                if let Some(exit) = exit {
+                    self.snap.last_exit = Some(exit.to_string());
+                }
+                self.run.pids.retain(|p| *p != pid);
+                if !self.run.pids.is_empty() {
+                    return;
+                }
+                // The process we knew may have handed over to another (a re-exec, a fork): look again.
+                let program = self.settings.program_path(&self.info);
+                let others = process::find_program(&program);
+                if !others.is_empty() {
+                    self.run.pids = others.clone();
+                    self.watch_pids(&others);
+                    return;
+                }
+                let how = exit.map(|e| e.to_string()).unwrap_or_else(|| "exited".into());
+                self.log.note(&format!("program {} ended ({how})", program.display()));
+                if self.info.is_daemon {
+                    tracing::warn!(service = %self.info.name, "program ended ({how})");
+                } else {
+                    tracing::info!(service = %self.info.name, "one-shot program ended ({how})");
+                }
+                let ran = self.run.started.map(|s| s.elapsed()).unwrap_or_default();
+                self.kill_leftovers(&[pid]);
+                self.after_failure(ran);
+            }
+            Event::Checked { gen, result } if gen == self.gen && self.snap.state == State::Running => {
+                self.on_check(result).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// After the program died or failed to start: back off and restart (daemon), or stay down.
+    fn after_failure(&mut self, ran_for: Duration) {
+        if !self.info.is_daemon {
+            let state = if self.snap.start_faults > 0 && ran_for.is_zero() { State::Failed } else { State::Exited };
+            self.set_state(state);
+            return;
+        }
+        let delay = self.backoff.next_delay(ran_for);
+        let limit = self.settings.start_limit;
+        if limit > 0 && self.backoff.attempt() > limit {
+            let msg = format!("gave up after {limit} consecutive failures (START_LIMIT)");
+            self.log.note(&msg);
+            tracing::error!(service = %self.info.name, "{msg}");
+            self.snap.last_error = Some(msg);
+            self.set_state(State::Failed);
+            return;
+        }
+        if !delay.is_zero() {
+            self.log.note(&format!("restarting in {} ms", delay.as_millis()));
+        }
+        self.backoff_until = Some(Instant::now() + delay);
+        self.set_state(State::Backoff);
+    }
+
+    async fn on_deadline(&mut self) {
+        let now = Instant::now();
+        match self.snap.state {
+            State::Backoff if self.backoff_until.is_some_and(|u| u <= now) => {
+                self.backoff_until = None;
+                self.snap.restarts += 1;
+                let _ = self.start().await;
+            }
+            State::Running if self.run.next_check.is_some_and(|c| c <= now) => {
+                self.run.next_check = None;
+                let probe = self.info.health_check.probe();
+                if probe == Probe::ProcessAlive {
+                    let result = self.process_alive();
+                    self.on_check(result).await;
+                    return;
+                }
+                let timeout = Duration::from_secs(self.info.health_check.timeout);
+                let (gen, tx, token) = (self.gen, self.events_tx.clone(), self.gen_token.clone());
+                let (reaper, log) = (self.reaper.clone(), self.log.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        result = health::check(&probe, timeout, &reaper, &log) => {
+                            let _ = tx.send(Event::Checked { gen, result });
+                        }
+                        _ = token.cancelled() => {}
+                    }
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// The default check: the program has at least one live process.
+    fn process_alive(&mut self) -> Result<(), String> {
+        self.run.pids.retain(|p| process::is_alive(*p));
+        if self.run.pids.is_empty() {
+            let found = process::find_program(&self.settings.program_path(&self.info));
+            self.watch_pids(&found);
+            self.run.pids = found;
+        }
+        if self.run.pids.is_empty() {
+            Err("no live process of the program".into())
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn on_check(&mut self, result: Result<(), String>) {
+        let hc = self.info.health_check.clone();
+        let now = Instant::now();
+        let in_period = self.run.in_start_period
+            && self.run.started.is_some_and(|s| now < s + Duration::from_secs(hc.start_period));
+        self.run.in_start_period = in_period;
+        match result {
+            Ok(()) => {
+                if self.snap.health != Health::Healthy {
+                    self.log.note("healthy");
+                }
+                self.run.failures = 0;
+                self.run.in_start_period = false;
+                self.snap.health = Health::Healthy;
+            }
+            Err(reason) if in_period => {
+                self.log.note(&format!("health check failed during start_period (not counted): {reason}"));
+            }
+            Err(reason) => {
+                self.run.failures += 1;
+                self.log.note(&format!("health check failed ({}/{}): {reason}", self.run.failures, hc.retries));
+                if self.run.failures >= hc.retries {
+                    self.snap.health = Health::Unhealthy;
+                    self.snap.last_error = Some(format!("unhealthy: {reason}"));
+                    tracing::warn!(service = %self.info.name, "unhealthy after {} failed checks: {reason}", hc.retries);
+                    if self.info.is_daemon {
+                        self.publish();
+                        self.log.note("unhealthy: restarting");
+                        let ran = self.run.started.map(|s| s.elapsed()).unwrap_or_default();
+                        let _ = self.stop().await;
+                        self.after_failure(ran);
+                        return;
+                    }
+                }
+            }
+        }
+        let next = if self.run.in_start_period { hc.start_interval() } else { hc.interval };
+        self.run.next_check = Some(Instant::now() + Duration::from_secs(next));
+    }
+
+    /// Stops the program: stop command (script mode) or stop signal (direct mode), bounded by the
+    /// stop timeout; then SIGTERM and SIGKILL by process group for whatever is left. A stop that
+    /// needed force, or whose command failed, counts in StopFaultNum and is returned as `Err`.
+    async fn stop(&mut self) -> Result<(), String> {
+        let was = self.snap.state;
+        let mut pids = std::mem::take(&mut self.run.pids);
+        self.new_generation();
+        self.backoff_until = None;
+        let program = self.settings.program_path(&self.info);
+        if was != State::Running {
+            // Nothing of ours should run; but a process of the program may (started by hand).
+            pids = process::find_program(&program);
+            if pids.is_empty() {
+                self.set_state(State::Stopped);
+                return Ok(());
+            }
+        }
+        self.set_state(State::Stopping);
+        let groups: Vec<i32> = pids.iter().filter_map(|p| process::pgid_of(*p)).collect();
+        let timeout = self.settings.stop_timeout_of(&self.info);
+        let deadline = Instant::now() + timeout;
+        let mut fault: Option<String> = None;
+        if let Some(script) = self.settings.script_path(&self.info) {
+            let command = self.info.script.stop_command.clone();
+            self.log.note(&format!("stop: {} {command}", script.display()));
+            match self.run_script(&script, &command, deadline).await {
+                Ok(exit) if exit.success() => {}
+                Ok(exit) => fault = Some(format!("stop command {} {command} failed: {exit}", script.display())),
+                Err(e) => fault = Some(e),
+            }
+        } else {
+            let sig = self.info.script.stop_signal.as_deref().and_then(process::parse_signal).unwrap_or(Signal::SIGTERM);
+            self.log.note(&format!("stop: sending {sig}"));
+            process::signal_all(&pids, sig);
+        }
+        let mut gone = process::wait_all_exit(&pids, deadline).await;
+        let mut left: Vec<i32> = pids.iter().copied().filter(|p| process::is_alive(*p)).collect();
+        for p in process::find_program(&program) {
+            if !left.contains(&p) {
+                left.push(p);
+            }
+        }
+        gone &= left.is_empty();
+        if !gone {
+            let why = format!("program still running {}s after stop; killing it", timeout.as_secs());
+            self.log.note(&why);
+            fault.get_or_insert(why);
+            if self.settings.script_path(&self.info).is_some() {
+                process::signal_all(&left, Signal::SIGTERM);
+                if !process::wait_all_exit(&left, Instant::now() + self.settings.kill_grace).await {
+                    process::signal_all(&left, Signal::SIGKILL);
+                }
+            } else {
+                process::signal_all(&left, Signal::SIGKILL);
+            }
+            process::wait_all_exit(&left, Instant::now() + Duration::from_secs(5)).await;
+        }
+        // Nothing of the service may outlive its stop: helpers left in its process groups too.
+        for g in groups {
+            process::signal_group(g, Signal::SIGKILL);
+        }
+        self.set_state(State::Stopped);
+        match fault {
+            Some(reason) => {
+                self.snap.stop_faults += 1;
+                self.snap.last_error = Some(reason.clone());
+                tracing::warn!(service = %self.info.name, "stop fault: {reason}");
+                Err(reason)
+            }
+            None => {
+                self.log.note("stopped");
+                Ok(())
+            }
+        }
+    }
+
+    /// After the program ended on its own: nothing else of its process group may stay behind.
+    fn kill_leftovers(&self, pids: &[i32]) {
+        if self.info.is_direct() {
+            for &p in pids {
+                process::signal_group(p, Signal::SIGKILL);
+            }
+        }
+    }
+}

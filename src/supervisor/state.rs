@@ -1,0 +1,186 @@
+//! What a service is doing, as observers see it (`TaskSnapshot`), and the pure restart-backoff
+//! arithmetic. The service task alone changes a service's state; everyone else reads snapshots.
+
+use std::time::{Duration, SystemTime};
+
+use crate::config::ServiceInfo;
+
+/// A service's state. The numbers are the API's `State` (2 = running, as in the seed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Not running: never started, stopped by the operator, or stopped at shutdown.
+    Stopped = 0,
+    /// The start command (or the program, in direct mode) is being started.
+    Starting = 1,
+    /// The program has at least one live process.
+    Running = 2,
+    /// The stop command (or stop signal) is running.
+    Stopping = 3,
+    /// The program died or failed; waiting out the backoff before the next start.
+    Backoff = 4,
+    /// Given up: a start limit was reached, or a non-daemon service failed to start.
+    Failed = 5,
+    /// A non-daemon service whose program has ended; it is not restarted.
+    Exited = 6,
+}
+
+impl State {
+    pub const ALL: [State; 7] =
+        [State::Stopped, State::Starting, State::Running, State::Stopping, State::Backoff, State::Failed, State::Exited];
+
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Stopped => "stopped",
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Stopping => "stopping",
+            State::Backoff => "backoff",
+            State::Failed => "failed",
+            State::Exited => "exited",
+        }
+    }
+}
+
+/// The health of a service with a health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// No check configured, or the service is not running.
+    None,
+    /// Running, no check has decided yet.
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+impl Health {
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::None => "none",
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// A copy of one task's state, published by its service task after every change.
+#[derive(Debug, Clone)]
+pub struct TaskSnapshot {
+    pub info: ServiceInfo,
+    pub state: State,
+    pub start_faults: u64,
+    pub stop_faults: u64,
+    pub pids: Vec<i32>,
+    pub restarts: u64,
+    pub health: Health,
+    /// When the current state was entered.
+    pub since: SystemTime,
+    pub last_exit: Option<String>,
+    pub last_error: Option<String>,
+}
+
+impl TaskSnapshot {
+    pub fn new(info: ServiceInfo) -> TaskSnapshot {
+        TaskSnapshot {
+            info,
+            state: State::Stopped,
+            start_faults: 0,
+            stop_faults: 0,
+            pids: Vec::new(),
+            restarts: 0,
+            health: Health::None,
+            since: SystemTime::now(),
+            last_exit: None,
+            last_error: None,
+        }
+    }
+
+    /// Whether a boot group may move on past this service: it is up (and healthy when it has a
+    /// check), or it has failed one way or another.
+    pub fn settled(&self) -> bool {
+        match self.state {
+            State::Running => !self.info.health_check.is_health_check || self.health != Health::Starting,
+            State::Starting | State::Stopping => false,
+            State::Stopped | State::Backoff | State::Failed | State::Exited => true,
+        }
+    }
+}
+
+/// Exponential restart backoff with a cap and jitter; the first restart after a healthy run is
+/// immediate.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+    /// A run at least this long resets the backoff.
+    pub reset_after: Duration,
+    attempt: u32,
+    seed: u64,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration, reset_after: Duration, seed: u64) -> Backoff {
+        Backoff { base, max, reset_after, attempt: 0, seed: seed | 1 }
+    }
+
+    /// Consecutive failures so far (0 after a reset).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// The delay before the next start, after a run that lasted `ran_for`.
+    pub fn next_delay(&mut self, ran_for: Duration) -> Duration {
+        if ran_for >= self.reset_after {
+            self.attempt = 0;
+        }
+        let attempt = self.attempt;
+        self.attempt = self.attempt.saturating_add(1);
+        if attempt == 0 {
+            return Duration::ZERO;
+        }
+        let exp = self.base.saturating_mul(1u32.checked_shl(attempt - 1).unwrap_or(u32::MAX));
+        let capped = exp.min(self.max);
+        // ±20 % jitter (xorshift), so that services failing together do not restart in lockstep.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let permille = 800 + (self.seed % 401);
+        (capped * permille as u32 / 1000).min(self.max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_resets() {
+        let s = Duration::from_secs;
+        let mut b = Backoff::new(Duration::from_millis(500), s(10), s(60), 42);
+        assert_eq!(b.next_delay(s(0)), Duration::ZERO, "first restart is immediate");
+        let d1 = b.next_delay(s(0));
+        assert!(d1 >= Duration::from_millis(400) && d1 <= Duration::from_millis(600), "{d1:?}");
+        let d2 = b.next_delay(s(0));
+        assert!(d2 >= Duration::from_millis(800) && d2 <= Duration::from_millis(1200), "{d2:?}");
+        for _ in 0..40 {
+            assert!(b.next_delay(s(1)) <= s(10));
+        }
+        assert!(b.next_delay(s(1)) >= s(8), "stays at the cap");
+        assert_eq!(b.next_delay(s(61)), Duration::ZERO, "a long healthy run resets it");
+    }
+
+    #[test]
+    fn state_codes_are_stable() {
+        let codes: Vec<u8> = State::ALL.iter().map(|s| s.code()).collect();
+        assert_eq!(codes, vec![0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(State::Running.code(), 2, "2 means running, as in the seed");
+    }
+}
