@@ -12,7 +12,7 @@ use std::fmt;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::{Mutex, OnceLock};
 
 use futures_util::StreamExt;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -51,10 +51,14 @@ pub struct Spawned {
     pub exit: oneshot::Receiver<Exit>,
 }
 
+/// The waiters, process-wide: `waitpid(-1)` reaps any child of the process, so there can only be
+/// one table of who waits for which pid, however many runtimes (tests) start a reaping task.
+static WAITERS: OnceLock<Mutex<HashMap<i32, oneshot::Sender<Exit>>>> = OnceLock::new();
+
 /// Cheap to clone handle on the reaper.
 #[derive(Clone)]
 pub struct Reaper {
-    waiters: Arc<Mutex<HashMap<i32, oneshot::Sender<Exit>>>>,
+    waiters: &'static Mutex<HashMap<i32, oneshot::Sender<Exit>>>,
 }
 
 impl Reaper {
@@ -62,7 +66,7 @@ impl Reaper {
     /// child is spawned. The task lives as long as the runtime: children must be reaped until the end.
     pub fn start() -> io::Result<Reaper> {
         let mut signals = Signals::new([SIGCHLD])?;
-        let reaper = Reaper { waiters: Arc::new(Mutex::new(HashMap::new())) };
+        let reaper = Reaper { waiters: WAITERS.get_or_init(Default::default) };
         let r = reaper.clone();
         tokio::spawn(async move {
             r.reap_all();

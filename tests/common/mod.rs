@@ -1,0 +1,307 @@
+//! Shared helpers for the end-to-end tests: a temp directory with a real configuration, real
+//! programs (copies of `demo-service`) and control scripts, the real `air-nanny` binary, real HTTP
+//! over loopback, and waits on conditions with deadlines (never a fixed sleep).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const AIR_NANNY: &str = env!("CARGO_BIN_EXE_air-nanny");
+pub const DEMO: &str = env!("CARGO_BIN_EXE_demo-service");
+
+/// Polls `f` until it returns `Some`, or panics naming `what` after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A temp directory holding conf/ (config.yaml, public.yaml, services.json), root/ (the rootpath,
+/// with programs in root/bin), scripts/ and record.log (what the scripts did, in order).
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        Fixture::with_config("")
+    }
+
+    /// `extra` is appended to config.yaml (extension keys).
+    pub fn with_config(extra: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["conf", "root/bin", "scripts", "run"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        let port = free_port();
+        let f = Fixture { dir, port, rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap() };
+        f.write("conf/public.yaml", &format!("rootpath: {}\n", f.root().display()));
+        f.write(
+            "conf/config.yaml",
+            &format!(
+                "SERVER: test-nanny\nPUBLIC_CONF: public.yaml\nSERVER_PORT: {port}\nSTOP_TIMEOUT: 3\nKILL_GRACE: 1\nRESTART_BACKOFF_BASE_MS: 100\nRESTART_BACKOFF_MAX: 2\n{extra}"
+            ),
+        );
+        f.write("conf/services.json", "[]\n");
+        f
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.path("root")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path("conf/config.yaml")
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    /// Installs a distinct copy of the demo program as root/bin/NAME; returns its programFilePath.
+    pub fn program(&self, name: &str) -> String {
+        let dest = self.root().join("bin").join(name);
+        if !dest.exists() {
+            std::fs::copy(DEMO, &dest).unwrap();
+        }
+        format!("/bin/{name}")
+    }
+
+    pub fn program_path(&self, name: &str) -> PathBuf {
+        self.root().join("bin").join(name)
+    }
+
+    /// A control script that daemonises the service's program with `args` (like the seed's run.sh)
+    /// and records `script-start NAME` / `script-stop NAME`. `stop` replaces the stop body.
+    pub fn script(&self, name: &str, args: &str, stop: Option<&str>) -> String {
+        let rec = self.path("record.log").display().to_string();
+        let pidf = self.path(&format!("run/{name}.pid")).display().to_string();
+        let default_stop = format!(
+            "pid=$(cat {pidf}); kill -TERM $pid; i=0; while kill -0 $pid 2>/dev/null && [ $i -lt 250 ]; do sleep 0.02; i=$((i+1)); done"
+        );
+        let text = format!(
+            "#!/bin/sh\ncase \"$1\" in\nstart)\n  echo \"script-start $AIR_NANNY_SERVICE\" >> {rec}\n  nohup \"$AIR_NANNY_PROGRAM\" {args} </dev/null >/dev/null 2>&1 &\n  echo $! > {pidf}\n  ;;\nstop)\n  echo \"script-stop $AIR_NANNY_SERVICE\" >> {rec}\n  {}\n  ;;\n*) exit 2 ;;\nesac\n",
+            stop.map(str::to_string).unwrap_or(default_stop)
+        );
+        let path = self.path(&format!("scripts/{name}.sh"));
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        path.display().to_string()
+    }
+
+    /// A script-mode service object.
+    pub fn script_service(&self, name: &str, priority: i64, is_init: bool, args: &str) -> Value {
+        serde_json::json!({
+            "name": name, "priority": priority, "isInit": is_init, "isDaemon": true,
+            "script": { "execPath": self.script(name, args, None), "programFilePath": self.program(name),
+                        "startCommand": "start", "stopCommand": "stop" },
+            "healthCheck": { "isHealthCheck": false, "interval": 30, "timeout": 30, "start_period": 0, "retries": 3 }
+        })
+    }
+
+    /// A direct-mode service object.
+    pub fn direct_service(&self, name: &str, priority: i64, args: &[&str]) -> Value {
+        serde_json::json!({
+            "name": name, "priority": priority, "isInit": false, "isDaemon": true,
+            "script": { "execPath": "", "programFilePath": self.program(name), "startCommand": "", "stopCommand": "", "args": args },
+            "healthCheck": { "isHealthCheck": false }
+        })
+    }
+
+    pub fn write_services(&self, services: &Value) {
+        self.write("conf/services.json", &serde_json::to_string_pretty(services).unwrap());
+    }
+
+    pub fn services_bytes(&self) -> Vec<u8> {
+        std::fs::read(self.path("conf/services.json")).unwrap()
+    }
+
+    /// The lines the control scripts and programs recorded, in order.
+    pub fn records(&self) -> Vec<String> {
+        std::fs::read_to_string(self.path("record.log")).unwrap_or_default().lines().map(str::to_string).collect()
+    }
+
+    pub fn log(&self, service: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("conf/logs/{service}.log"))).unwrap_or_default()
+    }
+
+    /// Runs `air-nanny ARGS… --config conf/config.yaml`, returning (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(AIR_NANNY).args(args).arg("--config").arg(self.config()).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Starts air-nanny and waits until its API answers.
+    pub fn start(&self) -> Nanny<'_> {
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(self.path("nanny.log")).unwrap();
+        let child = Command::new(AIR_NANNY)
+            .args(["run", "--log-level", "debug", "--config"])
+            .arg(self.config())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let mut n = Nanny { child: Some(child), fixture: self, token: None };
+        wait_until("the API to answer /health", Duration::from_secs(20), || {
+            if let Some(status) = n.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("air-nanny exited early ({status}):\n{}", std::fs::read_to_string(self.path("nanny.log")).unwrap());
+            }
+            (n.call("GET", "/health", None).0 == 200).then_some(())
+        });
+        n
+    }
+
+    /// Every live process of a program of this fixture.
+    pub fn pids_of(&self, name: &str) -> Vec<i32> {
+        air_nanny::process::find_program(&self.program_path(name))
+    }
+
+    pub fn http(&self, method: &str, path: &str, body: Option<&[u8]>, token: Option<&str>) -> (u16, Value) {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("Authorization", a.as_str()));
+        }
+        match self.rt.block_on(air_nanny::http::request(method, &url, &headers, body, Duration::from_secs(30))) {
+            Ok(r) => (r.status, r.json()),
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    /// Kills every process left of this fixture's programs (cleanup after a failed test).
+    fn kill_programs(&self) {
+        if let Ok(entries) = std::fs::read_dir(self.root().join("bin")) {
+            for e in entries.flatten() {
+                for pid in air_nanny::process::find_program(&e.path()) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.kill_programs();
+    }
+}
+
+/// A running air-nanny. Killed on drop.
+pub struct Nanny<'a> {
+    child: Option<Child>,
+    pub fixture: &'a Fixture,
+    pub token: Option<String>,
+}
+
+impl Nanny<'_> {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        self.fixture.http(method, path, body.map(str::as_bytes), self.token.as_deref())
+    }
+
+    /// `data` of a successful call; panics with the answer otherwise.
+    pub fn ok(&self, method: &str, path: &str, body: Option<&str>) -> Value {
+        let (status, v) = self.call(method, path, body);
+        assert_eq!((status, v["msg"].as_str()), (200, Some("SUCCESS")), "{method} {path}: {v}");
+        v["data"].clone()
+    }
+
+    pub fn task(&self, name: &str) -> Value {
+        self.ok("GET", &format!("/task/find?name={name}"), None)
+    }
+
+    pub fn pids(&self, name: &str) -> Vec<i64> {
+        self.task(name)["Pids"].as_array().unwrap().iter().map(|p| p.as_i64().unwrap()).collect()
+    }
+
+    /// Waits until `name` is running (State 2) with at least one pid; returns the pids.
+    pub fn wait_running(&self, name: &str) -> Vec<i64> {
+        wait_until(&format!("{name} to run"), Duration::from_secs(20), || {
+            let t = self.task(name);
+            (t["State"] == 2 && !t["Pids"].as_array().unwrap().is_empty()).then(|| self.pids(name))
+        })
+    }
+
+    pub fn wait_state(&self, name: &str, state: u64) -> Value {
+        wait_until(&format!("{name} to reach state {state}"), Duration::from_secs(20), || {
+            let t = self.task(name);
+            (t["State"] == state).then_some(t)
+        })
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    /// SIGTERM, then wait (bounded) for air-nanny to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        let status = wait_until("air-nanny to exit", timeout, || child.try_wait().unwrap());
+        self.child = None;
+        status
+    }
+
+    /// `kill -9` of air-nanny itself; its services keep running.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Nanny<'_> {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn kill9(pid: i64) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+}
+
+pub fn alive(pid: i64) -> bool {
+    air_nanny::process::is_alive(pid as i32)
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
