@@ -19,7 +19,9 @@ impl Target {
     /// `--url` and `--token-file` when given; else the local instance named by config.yaml.
     pub fn resolve(config: &Path, url: Option<String>, token_file: Option<PathBuf>) -> Result<Target, String> {
         let read_token = |p: &Path| {
-            std::fs::read_to_string(p).map(|t| t.trim().to_string()).map_err(|e| format!("cannot read {}: {e}", p.display()))
+            std::fs::read_to_string(p)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))
         };
         if let Some(url) = url {
             let token = token_file.as_deref().map(read_token).transpose()?;
@@ -46,7 +48,8 @@ impl Target {
             headers.push(("Authorization", a.as_str()));
         }
         let url = format!("{}{path}", self.base);
-        let resp = http::request(method, &url, &headers, body, Duration::from_secs(120)).await.map_err(|e| e.to_string())?;
+        let resp =
+            http::request(method, &url, &headers, body, Duration::from_secs(120)).await.map_err(|e| e.to_string())?;
         let v = resp.json();
         match v.get("msg").and_then(Value::as_str) {
             Some("SUCCESS") => Ok(v.get("data").cloned().unwrap_or(Value::Null)),
@@ -94,7 +97,9 @@ pub async fn run(target: &Target, cmd: CtlCommand, json: bool) -> i32 {
         CtlCommand::Restart { name } => target.call("POST", &format!("/task/restart{}", q(name)), None).await,
         CtlCommand::Del { name } => target.call("DELETE", &format!("/task/del{}", q(name)), None).await,
         CtlCommand::Reload => target.call("POST", "/reload", None).await,
-        CtlCommand::Logs { name, lines } => target.call("GET", &format!("/task/logs?name={name}&lines={lines}"), None).await,
+        CtlCommand::Logs { name, lines } => {
+            target.call("GET", &format!("/task/logs?name={name}&lines={lines}"), None).await
+        }
         CtlCommand::Set { file } => match std::fs::read(file) {
             Ok(body) => target.call("POST", "/task/set", Some(&body)).await,
             Err(e) => Err(format!("cannot read {}: {e}", file.display())),
@@ -129,7 +134,8 @@ pub async fn run(target: &Target, cmd: CtlCommand, json: bool) -> i32 {
 
 /// Tasks as an aligned table.
 pub fn table(tasks: &[Value]) -> String {
-    let mut rows = vec![["NAME", "STATE", "HEALTH", "PIDS", "RESTARTS", "START/STOP FAULTS", "UPTIME"].map(String::from).to_vec()];
+    let mut rows =
+        vec![["NAME", "STATE", "HEALTH", "PIDS", "RESTARTS", "START/STOP FAULTS", "UPTIME"].map(String::from).to_vec()];
     for t in tasks {
         let pids: Vec<String> = t["Pids"].as_array().into_iter().flatten().map(|p| p.to_string()).collect();
         rows.push(vec![

@@ -160,7 +160,8 @@ mod tests {
     fn responses_parse() {
         let r = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").unwrap();
         assert_eq!((r.status, r.text().as_str()), (200, "ok"));
-        let r = parse_response(b"HTTP/1.1 404 NF\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n1\r\nd\r\n0\r\n\r\n").unwrap();
+        let r = parse_response(b"HTTP/1.1 404 NF\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n1\r\nd\r\n0\r\n\r\n")
+            .unwrap();
         assert_eq!((r.status, r.text().as_str()), (404, "abcd"));
     }
 }

@@ -115,7 +115,9 @@ pub async fn run(
         notify::send("READY=1\nSTATUS=all services started");
     });
 
-    let report = supervisor_done.await.unwrap_or(ShutdownReport { faults: vec![("air-nanny".into(), "supervisor task panicked".into())] });
+    let report = supervisor_done
+        .await
+        .unwrap_or(ShutdownReport { faults: vec![("air-nanny".into(), "supervisor task panicked".into())] });
     ready_task.abort();
     if let Ok(Err(e)) = server.await {
         tracing::error!("API server error: {e}");
@@ -132,13 +134,17 @@ fn spawn_signal_task(mut signals: signal_hook_tokio::Signals, sup: Supervisor, s
                     let sup = sup.clone();
                     tokio::spawn(async move {
                         match sup.reload().await {
-                            Ok(s) => tracing::info!(added = ?s.added, removed = ?s.removed, changed = ?s.changed, "SIGHUP: reloaded"),
+                            Ok(s) => {
+                                tracing::info!(added = ?s.added, removed = ?s.removed, changed = ?s.changed, "SIGHUP: reloaded")
+                            }
                             Err(e) => tracing::error!("SIGHUP: reload refused, nothing changed: {e}"),
                         }
                     });
                 }
                 _ if shutdown.is_cancelled() => {
-                    tracing::error!("second stop signal: exiting now; services still running will be adopted at the next start");
+                    tracing::error!(
+                        "second stop signal: exiting now; services still running will be adopted at the next start"
+                    );
                     std::process::exit(130);
                 }
                 _ => {

@@ -110,7 +110,9 @@ impl ServiceLog {
     /// The last `lines` lines of the current file (and the previous one when the current is short).
     pub fn tail(&self, lines: usize) -> io::Result<String> {
         let path = self.path();
-        let mut text = std::fs::read(&path).or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(Vec::new()) } else { Err(e) })?;
+        let mut text =
+            std::fs::read(&path)
+                .or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(Vec::new()) } else { Err(e) })?;
         if text.iter().filter(|b| **b == b'\n').count() < lines {
             if let Ok(mut older) = std::fs::read(numbered(&path, 1)) {
                 older.extend_from_slice(&text);

@@ -168,8 +168,10 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn svc(name: &str) -> ServiceInfo {
-        ServiceInfo::from_json(format!(r#"{{"name":"{name}","script":{{"programFilePath":"/bin/{name}"}}}}"#).as_bytes())
-            .unwrap()
+        ServiceInfo::from_json(
+            format!(r#"{{"name":"{name}","script":{{"programFilePath":"/bin/{name}"}}}}"#).as_bytes(),
+        )
+        .unwrap()
     }
 
     #[tokio::test]

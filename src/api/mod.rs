@@ -105,8 +105,10 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(move |req: Request, next: Next| async move {
             match tokio::time::timeout(timeout, next.run(req)).await {
                 Ok(resp) => resp,
-                Err(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "the request took too long; it may still complete")
-                    .into_response(),
+                Err(_) => {
+                    ApiError::new(StatusCode::GATEWAY_TIMEOUT, "the request took too long; it may still complete")
+                        .into_response()
+                }
             }
         }))
         .with_state(state)
@@ -214,7 +216,8 @@ async fn service_body(state: &AppState, body: Body) -> Result<ServiceInfo, ApiEr
 /// Refuses (403) a service that would run anything outside the allowed directories: its script,
 /// its program, a CMD check's program; and what cannot be confined (shell checks, loader variables).
 pub fn check_allowed(settings: &Settings, info: &ServiceInfo) -> Result<(), ApiError> {
-    let allowed: Vec<PathBuf> = settings.allowed_dirs.iter().map(|d| real_path(d).unwrap_or_else(|_| d.clone())).collect();
+    let allowed: Vec<PathBuf> =
+        settings.allowed_dirs.iter().map(|d| real_path(d).unwrap_or_else(|_| d.clone())).collect();
     let mut paths: Vec<(&str, PathBuf)> = Vec::new();
     if !info.is_direct() {
         paths.push(("script.execPath", raw_join(&settings.work_dir, &info.script.exec_path)));
@@ -242,7 +245,10 @@ pub fn check_allowed(settings: &Settings, info: &ServiceInfo) -> Result<(), ApiE
         }
     }
     if let Some(k) = info.script.env.keys().find(|k| k.starts_with("LD_")) {
-        return Err(ApiError::forbidden("script.env", format!("{k} would load code from outside the allowed directories")));
+        return Err(ApiError::forbidden(
+            "script.env",
+            format!("{k} would load code from outside the allowed directories"),
+        ));
     }
     for (field, p) in paths {
         let real = real_path(&p).map_err(|reason| ApiError::forbidden(field, reason))?;
@@ -250,7 +256,12 @@ pub fn check_allowed(settings: &Settings, info: &ServiceInfo) -> Result<(), ApiE
             let dirs: Vec<String> = allowed.iter().map(|d| d.display().to_string()).collect();
             return Err(ApiError::forbidden(
                 field,
-                format!("{} resolves to {}, outside the allowed directories ({})", p.display(), real.display(), dirs.join(", ")),
+                format!(
+                    "{} resolves to {}, outside the allowed directories ({})",
+                    p.display(),
+                    real.display(),
+                    dirs.join(", ")
+                ),
             ));
         }
     }
@@ -410,9 +421,10 @@ async fn task_logs(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<R
 
 async fn reload(State(s): State<AppState>) -> Result<Response, ApiError> {
     let summary = s.supervisor.reload().await.map_err(|e| match e {
-        SupervisorError::Store(StoreError::Invalid { problems, .. }) => {
-            ApiError::new(StatusCode::BAD_REQUEST, problems.errors().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))
-        }
+        SupervisorError::Store(StoreError::Invalid { problems, .. }) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            problems.errors().map(|p| p.to_string()).collect::<Vec<_>>().join("; "),
+        ),
         other => supervisor_error(other),
     })?;
     Ok(ok(summary))

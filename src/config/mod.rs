@@ -147,10 +147,29 @@ pub struct Settings {
 
 /// The keys config.yaml may hold; anything else is warned about.
 const KNOWN_KEYS: &[&str] = &[
-    "SERVER", "PUBLIC_CONF", "SERVER_PORT", "SERVER_ADDR", "SERVICES_FILE", "API_TOKEN_FILE",
-    "API_READ_TOKEN_FILE", "LOG_DIR", "STATE_DIR", "WORK_DIR", "ALLOWED_DIRS", "START_TIMEOUT",
-    "STOP_TIMEOUT", "KILL_GRACE", "GROUP_START_TIMEOUT", "RESTART_BACKOFF_BASE_MS", "RESTART_BACKOFF_MAX",
-    "RESTART_BACKOFF_RESET", "START_LIMIT", "LOG_MAX_SIZE", "LOG_MAX_FILES", "API_BODY_LIMIT", "API_TIMEOUT",
+    "SERVER",
+    "PUBLIC_CONF",
+    "SERVER_PORT",
+    "SERVER_ADDR",
+    "SERVICES_FILE",
+    "API_TOKEN_FILE",
+    "API_READ_TOKEN_FILE",
+    "LOG_DIR",
+    "STATE_DIR",
+    "WORK_DIR",
+    "ALLOWED_DIRS",
+    "START_TIMEOUT",
+    "STOP_TIMEOUT",
+    "KILL_GRACE",
+    "GROUP_START_TIMEOUT",
+    "RESTART_BACKOFF_BASE_MS",
+    "RESTART_BACKOFF_MAX",
+    "RESTART_BACKOFF_RESET",
+    "START_LIMIT",
+    "LOG_MAX_SIZE",
+    "LOG_MAX_FILES",
+    "API_BODY_LIMIT",
+    "API_TIMEOUT",
 ];
 
 impl Settings {
@@ -195,12 +214,17 @@ impl Settings {
             Some(s) => match s.parse::<IpAddr>() {
                 Ok(a) => Some(a),
                 Err(_) => {
-                    y.problems.error(&file, "SERVER_ADDR", format!("{s:?} is not an IP address (names are not resolved)"));
+                    y.problems.error(
+                        &file,
+                        "SERVER_ADDR",
+                        format!("{s:?} is not an IP address (names are not resolved)"),
+                    );
                     None
                 }
             },
         };
-        let services_file = y.opt_path("SERVICES_FILE", &config_dir).unwrap_or_else(|| config_dir.join("services.json"));
+        let services_file =
+            y.opt_path("SERVICES_FILE", &config_dir).unwrap_or_else(|| config_dir.join("services.json"));
         let api_token_file = y.opt_path("API_TOKEN_FILE", &config_dir);
         let api_read_token_file = y.opt_path("API_READ_TOKEN_FILE", &config_dir);
         let log_dir = y.opt_path("LOG_DIR", &config_dir).unwrap_or_else(|| config_dir.join("logs"));
@@ -218,7 +242,7 @@ impl Settings {
         let log_max_bytes = y.int("LOG_MAX_SIZE", 1024 * 1024, 4096);
         let log_max_files = y.int("LOG_MAX_FILES", 3, 1).min(100) as u32;
         let api_body_limit = y.int("API_BODY_LIMIT", 64 * 1024, 1024) as usize;
-        let api_timeout = y.seconds("API_TIMEOUT", 10, 1);
+        let api_timeout = y.seconds("API_TIMEOUT", 60, 1);
 
         let rootpath = public_conf.as_ref().and_then(|p| read_rootpath(p, problems));
         if problems.error_count() > errors_before {
@@ -373,7 +397,11 @@ pub fn check_all(config_path: &Path) -> (Option<Settings>, Vec<ServiceInfo>, Pro
         for svc in &services {
             if let Some(script) = s.script_path(svc) {
                 if !script.exists() {
-                    problems.warn(&format!("{file}: {}", svc.name), "script.execPath", format!("{} does not exist (yet)", script.display()));
+                    problems.warn(
+                        &format!("{file}: {}", svc.name),
+                        "script.execPath",
+                        format!("{} does not exist (yet)", script.display()),
+                    );
                 }
             }
         }
@@ -558,7 +586,11 @@ mod tests {
     #[test]
     fn config_problems_are_all_named() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = write(dir.path(), "config.yaml", "SERVER_PORT: 0\nPUBLIC_CONF: nope.yaml\nSERVER_ADDR: host\nCOLOUR: red\n");
+        let cfg = write(
+            dir.path(),
+            "config.yaml",
+            "SERVER_PORT: 0\nPUBLIC_CONF: nope.yaml\nSERVER_ADDR: host\nCOLOUR: red\n",
+        );
         let mut p = Problems::default();
         assert!(Settings::load(&cfg, &mut p).is_none());
         let text = p.to_string();
@@ -586,7 +618,10 @@ mod tests {
 
     #[test]
     fn duplicate_names_and_malformed_json() {
-        let (_, p) = parse_services(br#"[{"name":"a","script":{"programFilePath":"/a"}},{"name":"a","script":{"programFilePath":"/b"}}]"#, "s.json");
+        let (_, p) = parse_services(
+            br#"[{"name":"a","script":{"programFilePath":"/a"}},{"name":"a","script":{"programFilePath":"/b"}}]"#,
+            "s.json",
+        );
         assert!(p.to_string().contains("s.json: a: name: duplicate"), "{p}");
         let (_, p) = parse_services(b"[{", "s.json");
         assert!(p.to_string().starts_with("s.json: malformed JSON"), "{p}");
@@ -598,9 +633,12 @@ mod tests {
     fn program_path_joins_onto_rootpath() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "public.yaml", "rootpath: /opt/root\n");
-        let cfg = write(dir.path(), "config.yaml", "SERVER: a\nPUBLIC_CONF: public.yaml\nSERVER_PORT: 1\nWORK_DIR: /srv/w\n");
+        let cfg =
+            write(dir.path(), "config.yaml", "SERVER: a\nPUBLIC_CONF: public.yaml\nSERVER_PORT: 1\nWORK_DIR: /srv/w\n");
         let s = Settings::load(&cfg, &mut Problems::default()).unwrap();
-        let svc = ServiceInfo::from_json(br#"{"name":"a","script":{"execPath":"../x/run.sh","programFilePath":"/bin/a"}}"#).unwrap();
+        let svc =
+            ServiceInfo::from_json(br#"{"name":"a","script":{"execPath":"../x/run.sh","programFilePath":"/bin/a"}}"#)
+                .unwrap();
         assert_eq!(s.program_path(&svc), PathBuf::from("/opt/root/bin/a"));
         assert_eq!(s.script_path(&svc), Some(PathBuf::from("/srv/x/run.sh")));
     }

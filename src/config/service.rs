@@ -181,7 +181,11 @@ impl ServiceInfo {
                 None
             }
             None => {
-                problems.error(ctx, "script", "missing: a service needs script.programFilePath (and script.execPath in script mode)");
+                problems.error(
+                    ctx,
+                    "script",
+                    "missing: a service needs script.programFilePath (and script.execPath in script mode)",
+                );
                 None
             }
         };
@@ -217,12 +221,7 @@ impl ServiceInfo {
                 return Err(problems);
             }
         };
-        let ctx = value
-            .get("name")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .unwrap_or("service")
-            .to_string();
+        let ctx = value.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()).unwrap_or("service").to_string();
         match ServiceInfo::from_value(&value, &mut problems, &ctx) {
             Some(s) if !problems.has_errors() => Ok(s),
             _ => Err(problems),
@@ -262,8 +261,17 @@ fn parse_script(obj: &Map<String, Value>, problems: &mut Problems, ctx: &str) ->
     let stop_timeout = f.opt_seconds("stopTimeout", 1);
     let stop_signal = f.opt_string("stopSignal");
     let extra = f.rest(&[
-        "execPath", "programFilePath", "startCommand", "stopCommand", "args", "env", "user", "workDir",
-        "startTimeout", "stopTimeout", "stopSignal",
+        "execPath",
+        "programFilePath",
+        "startCommand",
+        "stopCommand",
+        "args",
+        "env",
+        "user",
+        "workDir",
+        "startTimeout",
+        "stopTimeout",
+        "stopSignal",
     ]);
     if program.trim().is_empty() {
         let reason = if exec_path.trim().is_empty() {
@@ -438,8 +446,7 @@ impl<'a> Fields<'a, '_> {
                 }
                 None => {
                     let field = self.field(key);
-                    self.problems
-                        .error(self.ctx, &field, format!("is {n}; expected a whole number of at least {min}"));
+                    self.problems.error(self.ctx, &field, format!("is {n}; expected a whole number of at least {min}"));
                     None
                 }
             },
@@ -592,7 +599,8 @@ mod tests {
     #[test]
     fn unknown_fields_are_warnings_and_kept() {
         let mut problems = Problems::default();
-        let v: Value = serde_json::from_str(r#"{"name":"a","colour":"red","script":{"programFilePath":"/x","shell":1}}"#).unwrap();
+        let v: Value =
+            serde_json::from_str(r#"{"name":"a","colour":"red","script":{"programFilePath":"/x","shell":1}}"#).unwrap();
         let s = ServiceInfo::from_value(&v, &mut problems, "a").unwrap();
         assert!(!problems.has_errors());
         let text = problems.to_string();

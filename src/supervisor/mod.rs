@@ -105,15 +105,8 @@ impl Supervisor {
         let (tx, rx) = mpsc::channel(64);
         let (booted_tx, booted) = watch::channel(false);
         let runtime = load_runtime_state(&settings);
-        let actor = Actor {
-            settings,
-            store,
-            reaper,
-            tasks: BTreeMap::new(),
-            runtime,
-            detached: TaskTracker::new(),
-            shutdown,
-        };
+        let actor =
+            Actor { settings, store, reaper, tasks: BTreeMap::new(), runtime, detached: TaskTracker::new(), shutdown };
         let join = tokio::spawn(actor.run(rx, booted_tx));
         (Supervisor { tx, booted }, join)
     }
@@ -193,7 +186,8 @@ impl Actor {
             }
         }
         let boot_cancel = self.shutdown.child_token();
-        let boot = tokio::spawn(boot(self.boot_plan(&infos), self.settings.group_start_timeout, boot_cancel.clone(), booted));
+        let boot =
+            tokio::spawn(boot(self.boot_plan(&infos), self.settings.group_start_timeout, boot_cancel.clone(), booted));
         let watchdog = crate::notify::watchdog_interval();
         let mut tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         loop {
@@ -237,7 +231,11 @@ impl Actor {
             Command::List(reply) => {
                 let mut all: Vec<TaskSnapshot> = self.tasks.values().map(ServiceHandle::snapshot).collect();
                 all.sort_by(|a, b| {
-                    (!a.info.is_init, a.info.priority, &a.info.name).cmp(&(!b.info.is_init, b.info.priority, &b.info.name))
+                    (!a.info.is_init, a.info.priority, &a.info.name).cmp(&(
+                        !b.info.is_init,
+                        b.info.priority,
+                        &b.info.name,
+                    ))
                 });
                 let _ = reply.send(all);
             }
@@ -248,7 +246,12 @@ impl Actor {
                 let log = match self.tasks.get(&name) {
                     Some(h) => Some(h.log().clone()),
                     None => self.store.get(&name).await.map(|_| {
-                        ServiceLog::open(&self.settings.log_dir, &name, self.settings.log_max_bytes, self.settings.log_max_files)
+                        ServiceLog::open(
+                            &self.settings.log_dir,
+                            &name,
+                            self.settings.log_max_bytes,
+                            self.settings.log_max_files,
+                        )
                     }),
                 };
                 let _ = reply.send(log);
@@ -402,10 +405,11 @@ impl Actor {
         let infos: Vec<ServiceInfo> = self.tasks.values().map(|h| h.snapshot().info).collect();
         let mut faults = Vec::new();
         for group in start_groups(&infos).into_iter().rev() {
-            let stops = group.into_iter().filter_map(|n| self.tasks.remove(&n).map(|h| (n, h))).map(|(n, h)| async move {
-                let r = h.send(Control::Stop).await;
-                (n, r)
-            });
+            let stops =
+                group.into_iter().filter_map(|n| self.tasks.remove(&n).map(|h| (n, h))).map(|(n, h)| async move {
+                    let r = h.send(Control::Stop).await;
+                    (n, r)
+                });
             for (name, r) in futures_util::future::join_all(stops).await {
                 if let Err(e) = r {
                     faults.push((name, e));
@@ -463,7 +467,9 @@ mod tests {
     use super::*;
 
     fn info(name: &str, is_init: bool, priority: i64) -> ServiceInfo {
-        let mut i = ServiceInfo::from_json(format!(r#"{{"name":"{name}","script":{{"programFilePath":"/x"}}}}"#).as_bytes()).unwrap();
+        let mut i =
+            ServiceInfo::from_json(format!(r#"{{"name":"{name}","script":{{"programFilePath":"/x"}}}}"#).as_bytes())
+                .unwrap();
         i.is_init = is_init;
         i.priority = priority;
         i
@@ -471,7 +477,13 @@ mod tests {
 
     #[test]
     fn init_services_come_first_whatever_the_priority() {
-        let groups = start_groups(&[info("late", false, -5), info("init2", true, 9), info("b", false, 1), info("a", false, 1), info("init1", true, 0)]);
+        let groups = start_groups(&[
+            info("late", false, -5),
+            info("init2", true, 9),
+            info("b", false, 1),
+            info("a", false, 1),
+            info("init1", true, 0),
+        ]);
         assert_eq!(groups, vec![vec!["init1"], vec!["init2"], vec!["late"], vec!["b", "a"]]);
     }
 }

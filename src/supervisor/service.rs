@@ -41,8 +41,15 @@ struct Request {
 /// What happened, told to the service task.
 enum Event {
     /// A watched process of generation `gen` is gone; `exit` is known for direct-mode children.
-    Gone { gen: u64, pid: i32, exit: Option<Exit> },
-    Checked { gen: u64, result: Result<(), String> },
+    Gone {
+        gen: u64,
+        pid: i32,
+        exit: Option<Exit>,
+    },
+    Checked {
+        gen: u64,
+        result: Result<(), String>,
+    },
 }
 
 /// The handle on one service task. Cheap to clone.
@@ -228,7 +235,8 @@ impl ServiceTask {
             self.enter_running(found, None);
             return Ok(());
         }
-        let result = if self.info.is_direct() { self.start_direct(&program) } else { self.start_script(&program).await };
+        let result =
+            if self.info.is_direct() { self.start_direct(&program) } else { self.start_script(&program).await };
         match result {
             Ok((pids, child_exit)) => {
                 self.snap.last_error = None;
@@ -247,10 +255,7 @@ impl ServiceTask {
         }
     }
 
-    async fn start_script(
-        &mut self,
-        program: &Path,
-    ) -> Result<(Vec<i32>, Option<oneshot::Receiver<Exit>>), String> {
+    async fn start_script(&mut self, program: &Path) -> Result<(Vec<i32>, Option<oneshot::Receiver<Exit>>), String> {
         let script = self.settings.script_path(&self.info).expect("script mode");
         let deadline = Instant::now() + self.settings.start_timeout_of(&self.info);
         let command = self.info.script.start_command.clone();
@@ -268,7 +273,10 @@ impl ServiceTask {
             }
             if Instant::now() >= deadline {
                 let secs = self.settings.start_timeout_of(&self.info).as_secs();
-                return Err(format!("start command succeeded but no process of {} appeared within {secs}s", program.display()));
+                return Err(format!(
+                    "start command succeeded but no process of {} appeared within {secs}s",
+                    program.display()
+                ));
             }
             tokio::time::sleep(step.min(deadline - Instant::now())).await;
             step = (step * 2).min(Duration::from_millis(200));
@@ -336,7 +344,8 @@ impl ServiceTask {
         self.set_state(State::Running);
         let now = Instant::now();
         let hc = &self.info.health_check;
-        self.run = Run { pids: pids.clone(), started: Some(now), failures: 0, in_start_period: false, next_check: None };
+        self.run =
+            Run { pids: pids.clone(), started: Some(now), failures: 0, in_start_period: false, next_check: None };
         if hc.is_health_check {
             self.run.in_start_period = hc.start_period > 0;
             let first = if self.run.in_start_period { hc.start_interval() } else { hc.interval };
@@ -558,7 +567,8 @@ impl ServiceTask {
                 Err(e) => fault = Some(e),
             }
         } else {
-            let sig = self.info.script.stop_signal.as_deref().and_then(process::parse_signal).unwrap_or(Signal::SIGTERM);
+            let sig =
+                self.info.script.stop_signal.as_deref().and_then(process::parse_signal).unwrap_or(Signal::SIGTERM);
             self.log.note(&format!("stop: sending {sig}"));
             process::signal_all(&pids, sig);
         }

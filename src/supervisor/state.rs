@@ -25,8 +25,15 @@ pub enum State {
 }
 
 impl State {
-    pub const ALL: [State; 7] =
-        [State::Stopped, State::Starting, State::Running, State::Stopping, State::Backoff, State::Failed, State::Exited];
+    pub const ALL: [State; 7] = [
+        State::Stopped,
+        State::Starting,
+        State::Running,
+        State::Stopping,
+        State::Backoff,
+        State::Failed,
+        State::Exited,
+    ];
 
     pub fn code(self) -> u8 {
         self as u8

@@ -171,7 +171,10 @@ impl Fixture {
         let mut n = Nanny { child: Some(child), fixture: self, token: None };
         wait_until("the API to answer /health", Duration::from_secs(20), || {
             if let Some(status) = n.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("air-nanny exited early ({status}):\n{}", std::fs::read_to_string(self.path("nanny.log")).unwrap());
+                panic!(
+                    "air-nanny exited early ({status}):\n{}",
+                    std::fs::read_to_string(self.path("nanny.log")).unwrap()
+                );
             }
             (n.call("GET", "/health", None).0 == 200).then_some(())
         });
@@ -181,6 +184,11 @@ impl Fixture {
     /// Every live process of a program of this fixture.
     pub fn pids_of(&self, name: &str) -> Vec<i32> {
         air_nanny::process::find_program(&self.program_path(name))
+    }
+
+    /// Every live process of a program at `rel` under the rootpath.
+    pub fn pids_of_path(&self, rel: &str) -> Vec<i32> {
+        air_nanny::process::find_program(&self.root().join(rel))
     }
 
     pub fn http(&self, method: &str, path: &str, body: Option<&[u8]>, token: Option<&str>) -> (u16, Value) {

@@ -1,1 +1,328 @@
-//! The REST API end to end (filled in below).
+//! The REST API end to end, over loopback against the real binary: the seed's requests verbatim,
+//! tokens, a table of bad inputs that change nothing, concurrent writers, and `air-nanny ctl`.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::{wait_until, Fixture};
+
+/// The seed README's `/serviceInfo/set` body, verbatim, with its elided `...` replaced by the four
+/// documented healthCheck fields.
+const SEED_SET_BODY: &str = r#"{
+        "name":"godbproxy" ,
+        "priority":3 ,
+        "isInit":false,
+        "isDaemon":true,
+        "script":{
+            "execPath":"../../机载端数据处理/godbproxy/run.sh" ,
+            "programFilePath":"/mnt/e/project/机载端数据处理/godbproxy/godbproxy" , 
+            "startCommand":"start" , 
+            "stopCommand":"stop"
+        },
+        "healthCheck":{
+            "isHealthCheck":true ,
+            "interval":30,
+            "start_period":10,
+            "retries":3
+        }
+}"#;
+
+/// A fixture where the seed's relative execPath lands inside the allowed config directory:
+/// WORK_DIR is conf/a/b, so `../../机载端数据处理/…` is conf/机载端数据处理/….
+fn seed_fixture(extra: &str) -> Fixture {
+    let f = Fixture::with_config(&format!("WORK_DIR: a/b\n{extra}"));
+    std::fs::create_dir_all(f.path("conf/a/b")).unwrap();
+    // The seed's program and its control script, for real.
+    let program_dir = f.root().join("mnt/e/project/机载端数据处理/godbproxy");
+    std::fs::create_dir_all(&program_dir).unwrap();
+    std::fs::copy(crate::common::DEMO, program_dir.join("godbproxy")).unwrap();
+    let script = f.script("godbproxy", "", None);
+    let dest = f.path("conf/机载端数据处理/godbproxy/run.sh");
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    std::fs::copy(script, &dest).unwrap();
+    f
+}
+
+fn keys(v: &Value) -> Vec<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+#[test]
+fn the_seed_endpoints_work_with_the_seed_bodies() {
+    let f = seed_fixture("");
+    let n = f.start();
+    // serviceInfo: set, get, find, del.
+    let data = n.ok("POST", "/serviceInfo/set", Some(SEED_SET_BODY));
+    assert_eq!(data["name"], "godbproxy");
+    let all = n.ok("GET", "/serviceInfo/get", None);
+    assert_eq!(all.as_array().unwrap().len(), 1);
+    let one = n.ok("GET", "/serviceInfo/find?name=godbproxy", None);
+    assert_eq!(one["script"]["execPath"], "../../机载端数据处理/godbproxy/run.sh");
+    assert_eq!(keys(&one), ["healthCheck", "isDaemon", "isInit", "name", "priority", "script"]);
+    assert_eq!(n.ok("GET", "/task/get", None), json!([]), "serviceInfo/set does not touch tasks");
+    n.ok("DELETE", "/serviceInfo/del?name=godbproxy", None);
+    assert_eq!(n.ok("GET", "/serviceInfo/get", None), json!([]));
+
+    // task: set (persists and starts), get, find, del (stops; configuration stays).
+    n.ok("POST", "/task/set", Some(SEED_SET_BODY));
+    let pids = n.wait_running("godbproxy");
+    let tasks = n.ok("GET", "/task/get", None);
+    let t = &tasks[0];
+    for k in ["ServiceInfo", "State", "StartFaultNum", "StopFaultNum", "Pids"] {
+        assert!(t.get(k).is_some(), "{k} missing in {t}");
+    }
+    assert_eq!(t["State"], 2);
+    assert_eq!(t["ServiceInfo"]["name"], "godbproxy");
+    assert_eq!(n.ok("GET", "/task/find?name=godbproxy", None)["Pids"], json!(pids));
+    let on_disk: Value = serde_json::from_slice(&f.services_bytes()).unwrap();
+    assert_eq!(on_disk[0]["name"], "godbproxy");
+    n.ok("DELETE", "/task/del?name=godbproxy", None);
+    assert!(f.pids_of_path("mnt/e/project/机载端数据处理/godbproxy/godbproxy").is_empty());
+    assert_eq!(n.ok("GET", "/task/get", None), json!([]));
+    assert_eq!(n.ok("GET", "/serviceInfo/get", None).as_array().unwrap().len(), 1, "configuration stays");
+}
+
+#[test]
+fn extensions_start_stop_restart_logs_reload_health_openapi() {
+    let f = Fixture::new();
+    f.write_services(&json!([f.direct_service("radio", 0, &["--heartbeat", "1"])]));
+    let n = f.start();
+    let p1 = n.wait_running("radio");
+    let t = n.ok("POST", "/task/restart?name=radio", None);
+    assert_eq!(t["State"], 2);
+    assert_ne!(n.pids("radio"), p1);
+    assert_eq!(n.ok("POST", "/task/stop?name=radio", None)["State"], 0);
+    assert_eq!(n.ok("POST", "/task/start?name=radio", None)["State"], 2);
+    let logs = wait_until("heartbeats in the log", Duration::from_secs(10), || {
+        let l = n.ok("GET", "/task/logs?name=radio&lines=5", None);
+        l["lines"].as_array().unwrap().iter().any(|x| x.as_str().unwrap().contains("heartbeat")).then_some(l)
+    });
+    assert!(logs["lines"].as_array().unwrap().len() <= 5);
+    let summary = n.ok("POST", "/reload", None);
+    assert_eq!(summary["unchanged"], json!(["radio"]));
+    assert_eq!(n.ok("GET", "/health", None)["server"], "test-nanny");
+    let (status, doc) = n.call("GET", "/openapi.json", None);
+    assert_eq!(status, 200);
+    assert!(doc["paths"]["/task/set"]["post"].is_object());
+}
+
+#[test]
+fn a_token_guards_every_request_but_health() {
+    let f = Fixture::with_config("API_TOKEN_FILE: token\nAPI_READ_TOKEN_FILE: read-token\n");
+    f.write("conf/token", "s3cret-token-0123456789\n");
+    f.write("conf/read-token", "read-only-token-0123456789\n");
+    f.write_services(&json!([f.direct_service("guarded", 0, &[])]));
+    let mut n = f.start();
+    n.token = Some("s3cret-token-0123456789".into());
+    n.wait_running("guarded");
+    let before = f.services_bytes();
+    let new_svc = f.direct_service("intruder", 0, &[]).to_string();
+    for token in [None, Some("wrong-token-0123456789")] {
+        let (s, v) = f.http("GET", "/task/get", None, token);
+        assert_eq!(s, 401, "{v}");
+        let (s, _) = f.http("POST", "/task/set", Some(new_svc.as_bytes()), token);
+        assert_eq!(s, 401);
+        let (s, _) = f.http("POST", "/task/stop?name=guarded", None, token);
+        assert_eq!(s, 401);
+    }
+    assert_eq!(f.services_bytes(), before);
+    assert_eq!(n.task("guarded")["State"], 2, "nothing changed");
+    let (s, v) = f.http("GET", "/health", None, None);
+    assert_eq!((s, v["msg"].as_str()), (200, Some("SUCCESS")));
+    // The read-only token reads but cannot change anything.
+    let read = Some("read-only-token-0123456789");
+    assert_eq!(f.http("GET", "/task/get", None, read).0, 200);
+    assert_eq!(f.http("POST", "/task/stop?name=guarded", None, read).0, 403);
+    assert_eq!(n.task("guarded")["State"], 2);
+    assert_eq!(n.terminate().code(), Some(0));
+}
+
+#[test]
+fn a_network_address_without_a_token_refuses_to_start() {
+    let f = Fixture::with_config("SERVER_ADDR: 0.0.0.0\n");
+    let (code, _, err) = f.cli(&["run"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not a loopback address and no API_TOKEN_FILE"), "{err}");
+}
+
+#[test]
+fn bad_inputs_get_a_clear_message_and_change_nothing() {
+    let f = seed_fixture("API_BODY_LIMIT: 4096\n");
+    let good = f.direct_service("known", 0, &[]);
+    f.write_services(&json!([good]));
+    std::fs::create_dir_all(f.path("outside")).unwrap();
+    std::os::unix::fs::symlink("/usr/bin", f.root().join("escape")).unwrap();
+    let n = f.start();
+    let pids = n.wait_running("known");
+    let before = f.services_bytes();
+    let svc = |patch: Value| {
+        let mut s = json!({"name": "fresh", "script": {"programFilePath": "/bin/known"}});
+        json_merge(&mut s, patch);
+        s.to_string()
+    };
+    let huge = format!(r#"{{"name":"big","script":{{"programFilePath":"/bin/x"}},"pad":"{}"}}"#, "x".repeat(10_000));
+    let cases: Vec<(&str, String, Option<String>, u16, &str)> = vec![
+        ("POST", "/task/set".into(), Some("{\"name\": \"x\",".into()), 400, "malformed JSON"),
+        ("POST", "/serviceInfo/set".into(), Some("[1,2]".into()), 400, "expected a JSON object"),
+        ("POST", "/task/set".into(), Some(svc(json!({"priority": "high"}))), 400, "priority: expected an integer"),
+        ("POST", "/task/set".into(), Some(svc(json!({"isDaemon": "yes"}))), 400, "isDaemon: expected true or false"),
+        ("POST", "/task/set".into(), Some(svc(json!({"name": ""}))), 400, "name: must not be empty"),
+        ("POST", "/task/set".into(), Some(svc(json!({"name": "a/b"}))), 400, "name: contains '/'"),
+        (
+            "POST",
+            "/task/set".into(),
+            Some(r#"{"priority": 1, "script": {"programFilePath": "/x"}}"#.into()),
+            400,
+            "name: missing",
+        ),
+        (
+            "POST",
+            "/task/set".into(),
+            Some(svc(json!({"script": {"programFilePath": ""}}))),
+            400,
+            "script.programFilePath: missing",
+        ),
+        (
+            "POST",
+            "/task/set".into(),
+            Some(svc(json!({"healthCheck": {"interval": 0}}))),
+            400,
+            "healthCheck.interval: is 0",
+        ),
+        (
+            "POST",
+            "/task/set".into(),
+            Some(svc(json!({"script": {"execPath": "/bin/sh"}}))),
+            403,
+            "script.execPath: /bin/sh resolves to",
+        ),
+        (
+            "POST",
+            "/task/set".into(),
+            Some(svc(json!({"script": {"execPath": "../../../outside/run.sh"}}))),
+            403,
+            "outside the allowed directories",
+        ),
+        (
+            "POST",
+            "/serviceInfo/set".into(),
+            Some(svc(json!({"script": {"programFilePath": "/escape/sh"}}))),
+            403,
+            "script.programFilePath",
+        ),
+        (
+            "POST",
+            "/task/set".into(),
+            Some(svc(json!({"healthCheck": {"isHealthCheck": true, "test": ["CMD-SHELL", "rm -rf /"]}}))),
+            403,
+            "CMD-SHELL",
+        ),
+        (
+            "POST",
+            "/task/set".into(),
+            Some(svc(json!({"script": {"env": {"LD_PRELOAD": "/tmp/x.so"}}}))),
+            403,
+            "LD_PRELOAD",
+        ),
+        ("POST", "/task/set".into(), Some(huge), 413, "larger than the limit"),
+        ("GET", "/task/find?name=ghost".into(), None, 404, "no task named \"ghost\""),
+        ("GET", "/serviceInfo/find?name=ghost".into(), None, 404, "no service named \"ghost\""),
+        ("DELETE", "/serviceInfo/del?name=ghost".into(), None, 404, "no service named \"ghost\""),
+        ("DELETE", "/task/del?name=ghost".into(), None, 404, "no task named \"ghost\""),
+        ("POST", "/task/start?name=ghost".into(), None, 404, "no service named \"ghost\""),
+        ("POST", "/task/stop?name=ghost".into(), None, 404, "ghost"),
+        ("POST", "/task/restart?name=ghost".into(), None, 404, "ghost"),
+        ("GET", "/task/logs?name=ghost".into(), None, 404, "ghost"),
+        ("GET", "/task/find".into(), None, 400, "name: missing query parameter"),
+        ("GET", "/task/logs?name=known&lines=zero".into(), None, 400, "lines:"),
+        ("GET", "/task/set".into(), None, 405, "method not allowed"),
+        ("POST", "/task/get".into(), None, 405, "method not allowed"),
+        ("GET", "/nowhere".into(), None, 404, "no such endpoint"),
+    ];
+    assert!(cases.len() >= 15);
+    for (method, path, body, status, needle) in &cases {
+        let (s, v) = n.call(method, path, body.as_deref());
+        assert_eq!(s, *status, "{method} {path}: {v}");
+        let msg = v["msg"].as_str().unwrap_or_else(|| panic!("{method} {path}: no msg in {v}"));
+        assert!(msg.contains(needle), "{method} {path}: {msg:?} should contain {needle:?}");
+        assert_eq!(f.services_bytes(), before, "{method} {path} changed services.json");
+    }
+    assert_eq!(n.pids("known"), pids, "the runtime is untouched");
+    assert_eq!(n.ok("GET", "/task/get", None).as_array().unwrap().len(), 1);
+}
+
+fn json_merge(a: &mut Value, b: Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                json_merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+#[test]
+fn concurrent_writers_leave_a_valid_consistent_file() {
+    let f = Fixture::new();
+    let n = f.start();
+    let names: Vec<String> = (0..10).map(|i| format!("svc{i}")).collect();
+    std::thread::scope(|s| {
+        for c in 0..50 {
+            let (f, names) = (&f, &names);
+            s.spawn(move || {
+                for i in 0..12 {
+                    let name = &names[(c * 7 + i) % names.len()];
+                    let body =
+                        json!({"name": name, "priority": c, "script": {"programFilePath": format!("/bin/{name}")}})
+                            .to_string();
+                    let (status, v) = match (c + i) % 3 {
+                        0 => f.http("POST", "/serviceInfo/set", Some(body.as_bytes()), None),
+                        1 => f.http("DELETE", &format!("/serviceInfo/del?name={name}"), None, None),
+                        _ => f.http("GET", "/serviceInfo/get", None, None),
+                    };
+                    assert!(status == 200 || status == 404, "{status} {v}");
+                }
+            });
+        }
+    });
+    let on_disk: Value = serde_json::from_slice(&f.services_bytes()).expect("services.json stays valid JSON");
+    let (_, problems) = air_nanny::config::parse_services(&f.services_bytes(), "services.json");
+    assert!(!problems.has_errors(), "{problems}");
+    assert_eq!(n.ok("GET", "/serviceInfo/get", None), on_disk, "the file equals the runtime's view");
+}
+
+#[test]
+fn ctl_drives_a_running_instance() {
+    let f = Fixture::new();
+    f.write_services(&json!([f.direct_service("nav", 0, &[])]));
+    let n = f.start();
+    let p1 = n.wait_running("nav");
+    let (code, out, err) = f.cli(&["ctl", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("NAME") && out.contains("nav") && out.contains("running (2)"), "{out}");
+    let (code, out, _) = f.cli(&["ctl", "--json", "status", "nav"]);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["State"], 2);
+    assert_eq!(f.cli(&["ctl", "restart", "nav"]).0, 0);
+    assert_ne!(n.pids("nav"), p1);
+    assert_eq!(f.cli(&["ctl", "stop", "nav"]).0, 0);
+    assert_eq!(n.task("nav")["State"], 0);
+    assert_eq!(f.cli(&["ctl", "start", "nav"]).0, 0);
+    assert_eq!(n.task("nav")["State"], 2);
+    let file = f.path("cam.json");
+    std::fs::write(&file, f.direct_service("cam", 1, &[]).to_string()).unwrap();
+    let (code, _, err) = f.cli(&["ctl", "set", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    n.wait_running("cam");
+    assert_eq!(f.cli(&["ctl", "del", "cam"]).0, 0);
+    assert!(f.pids_of("cam").is_empty());
+    let (code, _, err) = f.cli(&["ctl", "stop", "ghost"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("ghost"), "{err}");
+    let (code, out, _) = f.cli(&["ctl", "logs", "nav", "-n", "3"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().count() <= 3 && out.contains("[air-nanny]"), "{out}");
+    assert_eq!(f.cli(&["ctl", "reload"]).0, 0);
+}

@@ -198,7 +198,11 @@ fn after_kill_9_of_air_nanny_programs_are_adopted_not_duplicated() {
     assert_eq!(n.wait_running("direct"), d1);
     assert_eq!(f.pids_of("scripted").len(), 1);
     assert_eq!(f.pids_of("direct").len(), 1);
-    assert_eq!(f.records().iter().filter(|r| r.starts_with("script-start")).count(), starts_before, "not started twice");
+    assert_eq!(
+        f.records().iter().filter(|r| r.starts_with("script-start")).count(),
+        starts_before,
+        "not started twice"
+    );
     // An adopted program is still watched: its death is seen and it is respawned.
     kill9(s1[0]);
     wait_until("the adopted program to be respawned", Duration::from_secs(10), || {
