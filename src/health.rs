@@ -79,6 +79,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn http_probe_wants_2xx() {
+        let reaper = Reaper::start().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let log = ServiceLog::open(dir.path(), "t", 1 << 20, 1);
+        let serve = |status: &'static str| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}/health", l.local_addr().unwrap());
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let (mut c, _) = l.accept().unwrap();
+                let _ = c.read(&mut [0u8; 1024]);
+                let _ = write!(c, "HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+            });
+            url
+        };
+        let t = Duration::from_secs(5);
+        assert!(check(&Probe::Http(serve("204 No Content")), t, &reaper, &log).await.is_ok());
+        let e = check(&Probe::Http(serve("503 Busy")), t, &reaper, &log).await.unwrap_err();
+        assert!(e.contains("answered 503"), "{e}");
+    }
+
+    #[tokio::test]
     async fn a_hanging_check_is_killed_with_its_group() {
         let reaper = Reaper::start().unwrap();
         let dir = tempfile::tempdir().unwrap();
