@@ -52,12 +52,15 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = cli.log_level.clone().or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| "info".to_string());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    let level_text = cli.log_level.clone().or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| "info".into());
+    let level = match level_text.trim().parse::<tracing::Level>() {
+        Ok(l) => l,
+        Err(_) => {
+            eprintln!("error: --log-level/RUST_LOG: {level_text:?} is not one of error, warn, info, debug, trace");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).init();
     let config = cli.config.clone().unwrap_or_else(default_config);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -80,6 +80,10 @@ impl Reaper {
     /// Spawns `cmd` in a new session (so in its own process group, whose id is its pid). The caller
     /// must never wait for it any other way.
     pub fn spawn(&self, cmd: &mut Command) -> io::Result<Spawned> {
+        // systemd's notification and watchdog variables are air-nanny's, not its children's.
+        for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
+            cmd.env_remove(var);
+        }
         // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {

@@ -18,3 +18,5 @@ echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked
+echo "== appliance: static builds, packages, lintian, scratch-root install, qemu smoke tests"
+packaging/test.sh

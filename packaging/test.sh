@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Appliance tests: builds the static binaries and packages (packaging/build.sh), then
+#  - lintian on each .deb (no errors; overrides justified in packaging/lintian-overrides),
+#  - the .ipk's structure (members, control fields, conffiles),
+#  - each .deb installed into a scratch root with dpkg --root, files where they belong, purge,
+#  - systemd-analyze verify on the unit,
+#  - the aarch64 and armv7 binaries under qemu-user: start on a demo configuration, answer over
+#    HTTP on loopback, stop on SIGTERM with exit 0 and nothing left running.
+# Fails on the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for p in lintian qemu-user-static curl systemd file binutils; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+packaging/build.sh
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+OUT=target/packages
+fail() { echo "FAIL: $*" >&2; exit 1; }
+pass=0
+ok() { echo "ok: $*"; pass=$((pass + 1)); }
+
+echo "== lintian"
+for arch in amd64 arm64 armhf; do
+    deb="$OUT/air-nanny_${VERSION}_${arch}.deb"
+    lintian --fail-on error "$deb" || fail "lintian reports errors in $deb"
+    ok "lintian $deb"
+done
+
+echo "== ipk structure"
+for arch in aarch64 armv7hf x86_64; do
+    ipk="$OUT/air-nanny_${VERSION}_${arch}.ipk"
+    work=$(mktemp -d)
+    members=$(ar t "$ipk" | tr '\n' ' ')
+    [ "$members" = "debian-binary control.tar.gz data.tar.gz " ] || fail "$ipk members: $members"
+    (cd "$work" && ar x "$OLDPWD/$ipk")
+    [ "$(cat "$work/debian-binary")" = "2.0" ] || fail "$ipk debian-binary"
+    mkdir "$work/c" "$work/d"
+    tar -xzf "$work/control.tar.gz" -C "$work/c"
+    tar -xzf "$work/data.tar.gz" -C "$work/d"
+    for field in "Package: air-nanny" "Version: $VERSION" "Architecture: $arch" "Maintainer: " "Description: " "Section: admin"; do
+        grep -q "^$field" "$work/c/control" || fail "$ipk control lacks '$field'"
+    done
+    for script in postinst prerm postrm; do
+        [ -x "$work/c/$script" ] || fail "$ipk: $script missing or not executable"
+    done
+    while read -r conffile; do
+        [ -f "$work/d$conffile" ] || fail "$ipk: conffile $conffile is not in data.tar.gz"
+    done < "$work/c/conffiles"
+    [ "$(wc -l < "$work/c/conffiles")" -eq 3 ] || fail "$ipk: expected 3 conffiles"
+    for f in usr/bin/air-nanny lib/systemd/system/air-nanny.service etc/air-nanny/config.yaml; do
+        [ -e "$work/d/$f" ] || fail "$ipk: $f missing"
+    done
+    [ -x "$work/d/usr/bin/air-nanny" ] || fail "$ipk: binary not executable"
+    [ "$(tar -tvzf "$work/data.tar.gz" ./usr/bin/air-nanny | awk '{print $2}')" = "0/0" ] || fail "$ipk: files not owned by root"
+    rm -rf "$work"
+    ok "ipk structure $ipk"
+done
+
+echo "== dpkg --root install into a scratch root"
+for arch in amd64 arm64 armhf; do
+    deb="$OUT/air-nanny_${VERSION}_${arch}.deb"
+    root=$(mktemp -d)
+    mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates" "$root/etc/systemd/system"
+    : > "$root/var/lib/dpkg/status"
+    : > "$root/var/lib/dpkg/available"
+    dpkg --root="$root" --force-script-chrootless --force-not-root --force-architecture --log=/dev/null -i "$deb" >/dev/null
+    for f in usr/bin/air-nanny lib/systemd/system/air-nanny.service etc/air-nanny/config.yaml \
+             etc/air-nanny/services.json etc/air-nanny/public.yaml usr/share/doc/air-nanny/copyright \
+             var/lib/air-nanny var/log/air-nanny; do
+        [ -e "$root/$f" ] || fail "$deb: /$f not installed"
+    done
+    [ -L "$root/etc/systemd/system/multi-user.target.wants/air-nanny.service" ] || fail "$deb: not enabled at boot"
+    dpkg --root="$root" --admindir="$root/var/lib/dpkg" --status air-nanny 2>/dev/null | grep -q "^Conffiles:" ||
+        grep -q "^Conffiles:" "$root/var/lib/dpkg/status" || fail "$deb: conffiles not registered"
+    dpkg --root="$root" --force-script-chrootless --force-not-root --log=/dev/null --purge air-nanny >/dev/null
+    [ ! -e "$root/usr/bin/air-nanny" ] && [ ! -e "$root/etc/air-nanny/config.yaml" ] && [ ! -e "$root/var/lib/air-nanny" ] ||
+        fail "$deb: purge left files behind"
+    [ ! -e "$root/etc/systemd/system/multi-user.target.wants/air-nanny.service" ] || fail "$deb: still enabled after purge"
+    rm -rf "$root"
+    ok "scratch-root install and purge $deb"
+done
+
+echo "== systemd-analyze verify"
+unit_dir=$(mktemp -d)
+sed "s#/usr/bin/air-nanny#$PWD/target/x86_64-unknown-linux-musl/release/air-nanny#" systemd/air-nanny.service \
+    > "$unit_dir/air-nanny.service"
+systemd-analyze verify "$unit_dir/air-nanny.service" || fail "systemd-analyze verify"
+rm -rf "$unit_dir"
+ok "systemd-analyze verify"
+
+echo "== qemu-user smoke tests"
+smoke() {
+    local qemu=$1 bin=$2
+    local dir port pid status
+    dir=$(mktemp -d)
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    mkdir -p "$dir/root/bin"
+    # The supervised program is a host-native executable: qemu-user runs only air-nanny emulated.
+    cp "$(command -v sleep)" "$dir/root/bin/smoke-sleeper"
+    printf 'SERVER: smoke\nPUBLIC_CONF: public.yaml\nSERVER_PORT: %s\nSTOP_TIMEOUT: 5\n' "$port" > "$dir/config.yaml"
+    printf 'rootpath: %s/root\n' "$dir" > "$dir/public.yaml"
+    cat > "$dir/services.json" <<JSON
+[{"name": "sleeper", "priority": 0, "isInit": false, "isDaemon": true,
+  "script": {"execPath": "", "programFilePath": "/bin/smoke-sleeper", "startCommand": "", "stopCommand": "", "args": ["600"]},
+  "healthCheck": {"isHealthCheck": false}}]
+JSON
+    "$qemu" "$bin" run --config "$dir/config.yaml" 2> "$dir/nanny.log" &
+    pid=$!
+    local deadline=$((SECONDS + 60)) answer=""
+    until answer=$(curl -sf "http://127.0.0.1:$port/task/find?name=sleeper") && echo "$answer" | grep -q '"State":2'; do
+        kill -0 "$pid" 2>/dev/null || { cat "$dir/nanny.log"; fail "$bin exited early under $qemu"; }
+        [ $SECONDS -lt $deadline ] || { kill -9 "$pid"; cat "$dir/nanny.log"; fail "$bin: sleeper not running: $answer"; }
+        sleep 0.2
+    done
+    curl -sf "http://127.0.0.1:$port/health" | grep -q '"msg":"SUCCESS"' || fail "$bin: /health"
+    kill -TERM "$pid"
+    status=0
+    wait "$pid" || status=$?
+    [ "$status" -eq 0 ] || { cat "$dir/nanny.log"; fail "$bin exited $status on SIGTERM"; }
+    if pgrep -f "$dir/root/bin/smoke-sleeper" >/dev/null; then fail "$bin left its service running"; fi
+    rm -rf "$dir"
+    ok "qemu smoke $bin"
+}
+smoke qemu-aarch64-static target/aarch64-unknown-linux-musl/release/air-nanny
+smoke qemu-arm-static target/armv7-unknown-linux-gnueabihf/release/air-nanny
+
+echo "$pass passed, 0 failed"
