@@ -360,12 +360,9 @@ impl Actor {
                     let (h, stopped) = (h.clone(), self.runtime.stopped.contains(&info.name));
                     tokio::spawn(async move {
                         // A service the operator stopped takes the new configuration but stays stopped.
-                        if stopped {
-                            let _ = h.send(Control::Apply(Box::new(info))).await;
-                            let _ = h.send(Control::Stop).await;
-                        } else {
-                            let _ = h.send(Control::Apply(Box::new(info))).await;
-                        }
+                        let control =
+                            if stopped { Control::Update(Box::new(info)) } else { Control::Apply(Box::new(info)) };
+                        let _ = h.send(control).await;
                     });
                 }
                 None => {

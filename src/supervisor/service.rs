@@ -31,6 +31,9 @@ pub enum Control {
     Restart,
     /// Use this configuration from now on: start it, or restart it if it changed.
     Apply(Box<ServiceInfo>),
+    /// Use this configuration from the next start on; a stopped service stays stopped (a running
+    /// one is restarted with it, as with `Apply`).
+    Update(Box<ServiceInfo>),
 }
 
 struct Request {
@@ -156,6 +159,10 @@ impl ServiceTask {
             }
             self.publish();
         }
+        // Every handle is gone (removed, or shut down): nothing of the service may outlive its task.
+        if matches!(self.snap.state, State::Running | State::Backoff) {
+            let _ = self.stop().await;
+        }
         self.gen_token.cancel();
     }
 
@@ -203,7 +210,12 @@ impl ServiceTask {
                 let started = self.start().await;
                 stopped.and(started)
             }
-            Control::Apply(info) => {
+            Control::Update(info) if !matches!(self.snap.state, State::Running) => {
+                self.info = *info;
+                self.snap.info = self.info.clone();
+                Ok(())
+            }
+            Control::Apply(info) | Control::Update(info) => {
                 let changed = *info != self.info;
                 let running = matches!(self.snap.state, State::Running);
                 if !changed && running {
@@ -225,10 +237,13 @@ impl ServiceTask {
     /// Starts the program: adopts it when it already runs, else runs the start command (script mode)
     /// or spawns it (direct mode). A failure is counted and leads to backoff (or Failed).
     async fn start(&mut self) -> Result<(), String> {
+        let automatic = self.snap.state == State::Backoff;
         self.new_generation();
         self.set_state(State::Starting);
         let program = self.settings.program_path(&self.info);
-        let found = process::find_program(&program);
+        // Adopt a program that already runs (started before air-nanny, or by a previous air-nanny).
+        // An automatic restart in direct mode follows the death of our own child: nothing to adopt.
+        let found = if automatic && self.info.is_direct() { Vec::new() } else { process::find_program(&program) };
         if !found.is_empty() {
             self.log.note(&format!("adopted running program {} (pids {found:?})", program.display()));
             tracing::info!(service = %self.info.name, pids = ?found, "adopted running program");
@@ -399,9 +414,10 @@ impl ServiceTask {
                 if !self.run.pids.is_empty() {
                     return;
                 }
-                // The process we knew may have handed over to another (a re-exec, a fork): look again.
+                // A daemonised program may have handed over to another process (a re-exec, a fork):
+                // look again. A direct-mode child is the program itself, so its exit is final.
                 let program = self.settings.program_path(&self.info);
-                let others = process::find_program(&program);
+                let others = if self.info.is_direct() { Vec::new() } else { process::find_program(&program) };
                 if !others.is_empty() {
                     self.run.pids = others.clone();
                     self.watch_pids(&others);

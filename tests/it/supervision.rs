@@ -272,6 +272,17 @@ fn an_operator_stop_survives_a_restart_of_air_nanny() {
     n.wait_running("parked");
     n.ok("POST", "/task/stop?name=parked", None);
     assert!(f.pids_of("parked").is_empty());
+    // A reload that changes the stopped service gives it the new configuration, without starting it.
+    let mut parked = f.direct_service("parked", 0, &["--heartbeat", "7"]);
+    parked["priority"] = json!(0);
+    f.write_services(&json!([f.direct_service("kept", 0, &[]), parked]));
+    let summary = n.ok("POST", "/reload", None);
+    assert_eq!(summary["changed"], json!(["parked"]));
+    wait_until("the new configuration", Duration::from_secs(10), || {
+        (n.task("parked")["ServiceInfo"]["script"]["args"] == json!(["--heartbeat", "7"])).then_some(())
+    });
+    assert_eq!(n.task("parked")["State"], 0);
+    assert!(f.pids_of("parked").is_empty(), "still stopped after the reload");
     assert_eq!(n.terminate().code(), Some(0));
 
     let mut n = f.start();
