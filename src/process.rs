@@ -1,6 +1,7 @@
 //! Processes on this machine: finding a program's processes in /proc, waiting for a pid to exit
 //! (pidfd), and signalling process groups safely. Spawning lives in `reaper`, which owns exits.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -26,12 +27,47 @@ pub fn parse_signal(name: &str) -> Option<Signal> {
 /// replaced on disk, shown as `(deleted)`, still counts) and, for interpreted programs, by argv
 /// (`interpreter program …`). Zombies and air-nanny itself are never included.
 pub fn find_program(program: &Path) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let mut pids = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return pids };
     let want = program.as_os_str().as_bytes();
-    let mut deleted = want.to_vec();
-    deleted.extend_from_slice(b" (deleted)");
+    let mut pids = Vec::new();
+    scan(|pid, path| {
+        if path == want {
+            pids.push(pid);
+        }
+    });
+    pids.dedup();
+    pids
+}
+
+/// Every program running on the machine, by path, from one pass over /proc: what boot uses to
+/// adopt the programs of a whole group without scanning once per service.
+#[derive(Debug, Default)]
+pub struct ProcTable {
+    by_path: HashMap<PathBuf, Vec<i32>>,
+}
+
+impl ProcTable {
+    pub fn scan() -> ProcTable {
+        let mut by_path: HashMap<PathBuf, Vec<i32>> = HashMap::new();
+        scan(|pid, path| {
+            let pids = by_path.entry(PathBuf::from(OsStr::from_bytes(path))).or_default();
+            if pids.last() != Some(&pid) {
+                pids.push(pid);
+            }
+        });
+        ProcTable { by_path }
+    }
+
+    /// The live processes of `program`, as [`find_program`] would find them at scan time.
+    pub fn find(&self, program: &Path) -> Vec<i32> {
+        self.by_path.get(program).cloned().unwrap_or_default()
+    }
+}
+
+/// Calls `found(pid, path)` for each path a live process stands for: its executable (without a
+/// ` (deleted)` suffix) and, when that is an interpreter, the script it runs.
+fn scan(mut found: impl FnMut(i32, &[u8])) {
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else { return };
     let mut buf = PathBuf::new();
     for entry in dir.flatten() {
         let name = entry.file_name();
@@ -43,43 +79,31 @@ pub fn find_program(program: &Path) -> Vec<i32> {
         }
         buf.clear();
         buf.push("/proc");
-        buf.push(name);
+        buf.push(&name);
         buf.push("exe");
-        let by_exe = match std::fs::read_link(&buf) {
-            Ok(exe) => {
-                let b = exe.as_os_str().as_bytes();
-                b == want || b == deleted.as_slice()
+        // Kernel threads and zombies have no exe link; they are never a program.
+        let Ok(exe) = std::fs::read_link(&buf) else { continue };
+        let exe = exe.as_os_str().as_bytes();
+        let exe = exe.strip_suffix(b" (deleted)").unwrap_or(exe);
+        found(pid, exe);
+        if is_interpreter(exe) {
+            if let Some(script) = interpreted_script(pid) {
+                found(pid, &script);
             }
-            Err(_) => false,
-        };
-        if by_exe || (by_argv(pid, want) && !is_zombie(pid)) {
-            pids.push(pid);
         }
     }
-    pids.sort_unstable();
-    pids
 }
 
-/// `argv[0] == program`, or `interpreter program …` where the interpreter is a known one.
-fn by_argv(pid: i32, want: &[u8]) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
-    let mut args = cmdline.split(|b| *b == 0);
-    let Some(arg0) = args.next() else { return false };
-    if arg0 == want {
-        return true;
-    }
-    let base = Path::new(OsStr::from_bytes(arg0)).file_name().map(|n| n.as_bytes()).unwrap_or_default();
+fn is_interpreter(exe: &[u8]) -> bool {
     const INTERPRETERS: &[&[u8]] = &[b"python", b"perl", b"ruby", b"node", b"lua", b"java", b"bash", b"sh", b"dash"];
-    if INTERPRETERS.iter().any(|i| base.starts_with(i)) {
-        // Skip interpreter flags such as `python3 -u prog`.
-        for a in args {
-            if a.first() == Some(&b'-') {
-                continue;
-            }
-            return a == want;
-        }
-    }
-    false
+    let base = Path::new(OsStr::from_bytes(exe)).file_name().map(|n| n.as_bytes()).unwrap_or_default();
+    INTERPRETERS.iter().any(|i| base.starts_with(i))
+}
+
+/// The first non-flag argument of an interpreter (`python3 -u /opt/x/prog.py` → the script).
+fn interpreted_script(pid: i32) -> Option<Vec<u8>> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    cmdline.split(|b| *b == 0).skip(1).find(|a| a.first() != Some(&b'-')).map(<[u8]>::to_vec)
 }
 
 fn is_zombie(pid: i32) -> bool {
@@ -214,6 +238,22 @@ mod tests {
         let pid = child.id() as i32;
         wait_for_gone(pid);
         assert!(!find_program(&sleep).contains(&pid));
+    }
+
+    #[test]
+    fn interpreted_programs_are_found_by_their_script() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("prog.sh");
+        // Not a lone last command: dash would exec it in place of itself.
+        std::fs::write(&script, "sleep 5\nexit 0\n").unwrap();
+        let mut child = std::process::Command::new("sh").arg(&script).spawn().unwrap();
+        let pid = child.id() as i32;
+        let found = find_program(&script);
+        let table = ProcTable::scan().find(&script);
+        child.kill().unwrap();
+        let _ = child.wait();
+        assert_eq!(found, vec![pid]);
+        assert_eq!(table, vec![pid]);
     }
 
     #[test]

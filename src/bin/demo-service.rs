@@ -3,7 +3,7 @@
 //!
 //! Flags: `--listen ADDR` (answer `GET /` with 200), `--heartbeat SECS` (default 5),
 //! `--exit-after SECS` (a one-shot job), `--exit-code N` (with --exit-after), `--ignore-term`
-//! (ignore SIGTERM, to exercise forced stops), `--record FILE` (append "start NAME PID" / "stop NAME PID").
+//! (ignore SIGTERM, to exercise forced stops), `--record FILE` (append "start NAME PID UNIX_NANOS" / "stop …").
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -54,7 +54,10 @@ fn name() -> String {
 fn record(file: &Option<String>, what: &str) {
     if let Some(f) = file {
         if let Ok(mut out) = std::fs::OpenOptions::new().create(true).append(true).open(f) {
-            let _ = writeln!(out, "{what} {} {}", name(), std::process::id());
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            // One write per line: many programs append to the same file at once.
+            let line = format!("{what} {} {} {}\n", name(), std::process::id(), now.as_nanos());
+            let _ = out.write_all(line.as_bytes());
         }
     }
 }

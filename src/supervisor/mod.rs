@@ -23,6 +23,7 @@ pub use state::{Health, State, TaskSnapshot};
 
 use crate::config::{ServiceInfo, Settings};
 use crate::logfile::ServiceLog;
+use crate::process::ProcTable;
 use crate::reaper::Reaper;
 use crate::store::{ConfigStore, StoreError};
 
@@ -430,10 +431,15 @@ async fn boot(
     for (i, group) in plan.into_iter().enumerate() {
         let names: Vec<String> = group.iter().map(|h| h.snapshot().info.name).collect();
         tracing::info!(group = i + 1, services = ?names, "starting group");
-        let starts = group.into_iter().map(|h| async move {
-            let _ = h.send(Control::Start).await;
-            let mut rx = h.watch();
-            let _ = rx.wait_for(TaskSnapshot::settled).await;
+        // One pass over /proc finds the programs to adopt for the whole group.
+        let table = Arc::new(tokio::task::spawn_blocking(ProcTable::scan).await.unwrap_or_default());
+        let starts = group.into_iter().map(|h| {
+            let table = table.clone();
+            async move {
+                let _ = h.send(Control::Boot(table)).await;
+                let mut rx = h.watch();
+                let _ = rx.wait_for(TaskSnapshot::settled).await;
+            }
         });
         tokio::select! {
             r = tokio::time::timeout(group_timeout, futures_util::future::join_all(starts)) => {

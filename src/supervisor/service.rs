@@ -20,13 +20,15 @@ use super::state::{Backoff, Health, State, TaskSnapshot};
 use crate::config::{Probe, ServiceInfo, Settings};
 use crate::health;
 use crate::logfile::ServiceLog;
-use crate::process;
+use crate::process::{self, ProcTable};
 use crate::reaper::{Exit, Reaper};
 
 /// What a caller asks of a service.
 #[derive(Debug)]
 pub enum Control {
     Start,
+    /// Start at boot: adopt from this snapshot of /proc (one scan for a whole group).
+    Boot(Arc<ProcTable>),
     Stop,
     Restart,
     /// Use this configuration from now on: start it, or restart it if it changed.
@@ -104,6 +106,7 @@ pub fn spawn(info: ServiceInfo, settings: Arc<Settings>, reaper: Reaper) -> Serv
         gen_token: CancellationToken::new(),
         backoff,
         backoff_until: None,
+        restart_absent: false,
         events_tx,
         events,
         requests,
@@ -111,6 +114,14 @@ pub fn spawn(info: ServiceInfo, settings: Arc<Settings>, reaper: Reaper) -> Serv
     };
     tokio::spawn(task.run());
     ServiceHandle { tx, snapshot, log }
+}
+
+/// How `start` learns whether the program already runs (and must be adopted, not started).
+enum Lookup {
+    Scan,
+    Table(Arc<ProcTable>),
+    /// Just seen gone (it died, or was stopped, a moment ago): nothing to adopt, no scan.
+    KnownAbsent,
 }
 
 /// The current run of the program: its processes and the health-check schedule.
@@ -136,6 +147,8 @@ struct ServiceTask {
     gen_token: CancellationToken,
     backoff: Backoff,
     backoff_until: Option<Instant>,
+    /// The pending restart follows at once a confirmed absence of the program.
+    restart_absent: bool,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
     requests: mpsc::Receiver<Request>,
@@ -195,19 +208,21 @@ impl ServiceTask {
 
     async fn on_control(&mut self, control: Control) -> Result<(), String> {
         match control {
+            Control::Start | Control::Boot(_) if matches!(self.snap.state, State::Running) => Ok(()),
             Control::Start => {
-                if matches!(self.snap.state, State::Running) {
-                    return Ok(());
-                }
                 self.backoff.reset();
-                self.start().await
+                self.start(Lookup::Scan).await
+            }
+            Control::Boot(table) => {
+                self.backoff.reset();
+                self.start(Lookup::Table(table)).await
             }
             Control::Stop => self.stop().await,
             Control::Restart => {
                 let stopped = self.stop().await;
                 self.backoff.reset();
                 self.snap.restarts += 1;
-                let started = self.start().await;
+                let started = self.start(Lookup::KnownAbsent).await;
                 stopped.and(started)
             }
             Control::Update(info) if !matches!(self.snap.state, State::Running) => {
@@ -228,7 +243,7 @@ impl ServiceTask {
                 self.info = *info;
                 self.snap.info = self.info.clone();
                 self.backoff.reset();
-                let started = self.start().await;
+                let started = self.start(Lookup::Scan).await;
                 stopped.and(started)
             }
         }
@@ -236,14 +251,16 @@ impl ServiceTask {
 
     /// Starts the program: adopts it when it already runs, else runs the start command (script mode)
     /// or spawns it (direct mode). A failure is counted and leads to backoff (or Failed).
-    async fn start(&mut self) -> Result<(), String> {
-        let automatic = self.snap.state == State::Backoff;
+    async fn start(&mut self, lookup: Lookup) -> Result<(), String> {
         self.new_generation();
         self.set_state(State::Starting);
         let program = self.settings.program_path(&self.info);
         // Adopt a program that already runs (started before air-nanny, or by a previous air-nanny).
-        // An automatic restart in direct mode follows the death of our own child: nothing to adopt.
-        let found = if automatic && self.info.is_direct() { Vec::new() } else { process::find_program(&program) };
+        let found = match lookup {
+            Lookup::Scan => process::find_program(&program),
+            Lookup::Table(table) => table.find(&program).into_iter().filter(|p| process::is_alive(*p)).collect(),
+            Lookup::KnownAbsent => Vec::new(),
+        };
         if !found.is_empty() {
             self.log.note(&format!("adopted running program {} (pids {found:?})", program.display()));
             tracing::info!(service = %self.info.name, pids = ?found, "adopted running program");
@@ -462,6 +479,8 @@ impl ServiceTask {
             self.log.note(&format!("restarting in {} ms", delay.as_millis()));
         }
         self.backoff_until = Some(Instant::now() + delay);
+        // Every path here has just seen the program gone; after a delay, someone may have started it.
+        self.restart_absent = delay.is_zero();
         self.set_state(State::Backoff);
     }
 
@@ -471,7 +490,8 @@ impl ServiceTask {
             State::Backoff if self.backoff_until.is_some_and(|u| u <= now) => {
                 self.backoff_until = None;
                 self.snap.restarts += 1;
-                let _ = self.start().await;
+                let lookup = if std::mem::take(&mut self.restart_absent) { Lookup::KnownAbsent } else { Lookup::Scan };
+                let _ = self.start(lookup).await;
             }
             State::Running if self.run.next_check.is_some_and(|c| c <= now) => {
                 self.run.next_check = None;

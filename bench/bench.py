@@ -1,0 +1,353 @@
+#!/usr/bin/env python3
+"""The benchmark harness behind bench/run.sh: runs the real air-nanny on N copies (hard links, so
+each has its own path) of a tiny program, in direct and script mode, and measures it from outside.
+
+Every wait has a deadline; nothing is asserted about timing."""
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(what, timeout, fn, step=0.001):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+class Setup:
+    """A temp directory with config, services.json, N programs and (script mode) a control script."""
+
+    def __init__(self, nanny, program, n, mode, check_every=None):
+        self.nanny, self.n, self.mode = nanny, n, mode
+        self.dir = tempfile.mkdtemp(prefix=f"air-nanny-bench-{mode}-{n}-")
+        self.root = os.path.join(self.dir, "root")
+        self.rec = os.path.join(self.dir, "record.log")
+        os.makedirs(os.path.join(self.root, "bin"))
+        os.makedirs(os.path.join(self.dir, "run"))
+        self.names = [f"svc{i:04d}" for i in range(n)]
+        for name in self.names:
+            os.link(program, os.path.join(self.root, "bin", name))
+        self.port = free_port()
+        with open(os.path.join(self.dir, "public.yaml"), "w") as f:
+            f.write(f"rootpath: {self.root}\n")
+        with open(os.path.join(self.dir, "config.yaml"), "w") as f:
+            f.write(f"SERVER: bench\nPUBLIC_CONF: public.yaml\nSERVER_PORT: {self.port}\n"
+                    f"STOP_TIMEOUT: 5\nGROUP_START_TIMEOUT: 120\nLOG_DIR: logs\n")
+        script = os.path.join(self.dir, "ctl.sh")
+        with open(script, "w") as f:
+            f.write(f"""#!/bin/sh
+# Daemonises the program like a seed run.sh; stop returns at once.
+pidf={self.dir}/run/$AIR_NANNY_SERVICE.pid
+case "$1" in
+start) "$AIR_NANNY_PROGRAM" --record {self.rec} --heartbeat 3600 </dev/null >/dev/null 2>&1 &
+       echo $! > "$pidf" ;;
+stop) kill "$(cat "$pidf")" ;;
+esac
+""")
+        os.chmod(script, 0o755)
+        self.script = script
+        services = []
+        for name in self.names:
+            svc = {"name": name, "priority": 0, "isInit": False, "isDaemon": True,
+                   "script": {"execPath": script if mode == "script" else "",
+                              "programFilePath": f"/bin/{name}",
+                              "startCommand": "start" if mode == "script" else "",
+                              "stopCommand": "stop" if mode == "script" else ""},
+                   "healthCheck": {"isHealthCheck": False}}
+            if mode == "direct":
+                svc["script"]["args"] = ["--record", self.rec, "--heartbeat", "3600"]
+            if check_every:
+                svc["healthCheck"] = {"isHealthCheck": True, "interval": check_every, "timeout": 5, "retries": 3}
+            services.append(svc)
+        with open(os.path.join(self.dir, "services.json"), "w") as f:
+            json.dump(services, f)
+
+    def starts(self):
+        """{name: [(pid, ns)]} from the programs' own records."""
+        out = {}
+        try:
+            with open(self.rec) as f:
+                for line in f:
+                    p = line.split()
+                    if len(p) == 4 and p[0] == "start":
+                        out.setdefault(p[1], []).append((int(p[2]), int(p[3])))
+        except FileNotFoundError:
+            pass
+        return out
+
+    def live_programs(self):
+        bindir = os.path.join(self.root, "bin") + "/"
+        pids = []
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    if os.readlink(f"/proc/{d}/exe").startswith(bindir):
+                        pids.append(int(d))
+                except OSError:
+                    pass
+        return pids
+
+    def cleanup(self):
+        for pid in self.live_programs():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        subprocess.run(["rm", "-rf", self.dir])
+
+
+class Nanny:
+    def __init__(self, setup):
+        self.s = setup
+        self.t_launch = time.time_ns()
+        self.proc = subprocess.Popen([setup.nanny, "run", "--log-level", "warn", "--config",
+                                      os.path.join(setup.dir, "config.yaml")],
+                                     stdout=subprocess.DEVNULL, stderr=open(os.path.join(setup.dir, "nanny.log"), "w"))
+
+    def all_started(self, timeout=120):
+        n = self.s.n
+        try:
+            starts = wait_until(f"{n} programs to start", timeout,
+                                lambda: (lambda st: st if len(st) == n else None)(self.s.starts()), step=0.002)
+        except SystemExit:
+            with open(os.path.join(self.s.dir, "nanny.log")) as f:
+                print(f.read()[-3000:], file=sys.stderr)
+            print(f"started: {sorted(self.s.starts())}", file=sys.stderr)
+            raise
+        return (max(v[0][1] for v in starts.values()) - self.t_launch) / 1e6
+
+    def wait_ready(self):
+        def up():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.s.port}/task/get", timeout=5) as r:
+                    tasks = json.load(r)["data"]
+                    return len(tasks) == self.s.n and all(t["State"] == 2 for t in tasks)
+            except OSError:
+                return False
+        wait_until("every task running", 120, up, step=0.05)
+
+    def memory(self):
+        fields = {}
+        with open(f"/proc/{self.proc.pid}/smaps_rollup") as f:
+            for line in f:
+                p = line.split()
+                if p[0] in ("Rss:", "Pss:"):
+                    fields[p[0][:-1].lower()] = int(p[1])
+        return fields  # KiB
+
+    def cpu_ticks(self):
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return int(rest[11]) + int(rest[12])  # utime + stime
+
+    def respawns(self, count):
+        lat = []
+        for i in range(count):
+            name = self.s.names[(i * 7919) % self.s.n]
+            before = self.s.starts()[name]
+            pid = before[-1][0]
+            t0 = time.time_ns()
+            os.kill(pid, signal.SIGKILL)
+            new = wait_until(f"{name} to respawn", 30,
+                             lambda: (lambda v: v[-1] if len(v) > len(before) else None)(self.s.starts().get(name, [])))
+            lat.append((new[1] - t0) / 1e6)
+            # Let air-nanny settle (the next kill is a different service: first restart, no backoff).
+            wait_until("the task to be running again", 30, lambda: self.task_running(name), step=0.005)
+        return lat
+
+    def task_running(self, name):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.s.port}/task/find?name={name}", timeout=5) as r:
+                t = json.load(r)["data"]
+                return t["State"] == 2 and t["Pids"]
+        except OSError:
+            return False
+
+    def shutdown(self):
+        t0 = time.monotonic_ns()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=120)
+        left = self.s.live_programs()
+        ms = (time.monotonic_ns() - t0) / 1e6
+        return ms, code, len(left)
+
+
+def wrk(url, seconds, conns):
+    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", url],
+                         capture_output=True, text=True, check=True).stdout
+    rps = p99 = None
+    for line in out.splitlines():
+        p = line.split()
+        if p[:1] == ["Requests/sec:"]:
+            rps = float(p[1])
+        if p[:1] == ["99%"]:
+            v = p[1]
+            p99 = float(v[:-2]) if v.endswith("ms") else float(v[:-2]) / 1000 if v.endswith("us") else float(v[:-1]) * 1000
+    return rps, p99
+
+
+def script_baseline(setup, runs):
+    """How long the control script itself takes to get the program running (script-mode floor)."""
+    env = dict(os.environ, AIR_NANNY_SERVICE=setup.names[0],
+               AIR_NANNY_PROGRAM=os.path.join(setup.root, "bin", setup.names[0]))
+    times = []
+    for _ in range(runs):
+        before = len(setup.starts().get(setup.names[0], []))
+        t0 = time.time_ns()
+        subprocess.run([setup.script, "start"], env=env, check=True)
+        new = wait_until("the program", 10, lambda: (lambda v: v[-1] if len(v) > before else None)(
+            setup.starts().get(setup.names[0], [])))
+        times.append((new[1] - t0) / 1e6)
+        subprocess.run([setup.script, "stop"], env=env, check=True)
+        wait_until("the program to stop", 10, lambda: not setup.live_programs())
+    return statistics.median(times)
+
+
+def pct(values, q):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--nanny", required=True)
+    ap.add_argument("--program", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    q = a.quick
+    sizes = [5, 20] if q else [10, 100, 1000]
+    idle_s, settle_s, kills, api_s = (2, 1, 5, 2) if q else (30, 10, 20, 10)
+    api_n = sizes[-1] if q else 100
+    results = {"machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "cpu": cpu_model(),
+                           "quick": q}, "runs": [], "api": {}, "binary_sizes": binary_sizes()}
+    for mode in ("direct", "script"):
+        for n in sizes:
+            s = Setup(a.nanny, a.program, n, mode)
+            try:
+                nn = Nanny(s)
+                bring_up = nn.all_started()
+                nn.wait_ready()
+                time.sleep(settle_s)  # the benchmark's own settling time, not a wait for a condition
+                mem = nn.memory()
+                c0 = nn.cpu_ticks()
+                time.sleep(idle_s)
+                idle = nn.cpu_ticks() - c0
+                lat = nn.respawns(kills)
+                api = {}
+                if mode == "direct" and n == api_n:
+                    base = f"http://127.0.0.1:{s.port}"
+                    api["find_rps"], api["find_p99_ms"] = wrk(f"{base}/task/find?name={s.names[n // 2]}", api_s, 8)
+                    api["get_rps"], api["get_p99_ms"] = wrk(f"{base}/task/get", api_s, 8)
+                    results["api"] = dict(api, n=n)
+                shut_ms, code, left = nn.shutdown()
+            finally:
+                s.cleanup()
+            s2 = Setup(a.nanny, a.program, n, mode, check_every=1)
+            try:
+                nn = Nanny(s2)
+                nn.all_started()
+                nn.wait_ready()
+                time.sleep(settle_s)
+                c0 = nn.cpu_ticks()
+                time.sleep(idle_s)
+                idle_checked = nn.cpu_ticks() - c0
+                nn.shutdown()
+            finally:
+                s2.cleanup()
+            run = {"mode": mode, "n": n, "bring_up_ms": round(bring_up, 2), "rss_kib": mem["rss"],
+                   "pss_kib": mem["pss"], "idle_ticks": idle, "idle_ticks_checked_1s": idle_checked,
+                   "idle_seconds": idle_s, "respawn_median_ms": round(statistics.median(lat), 3),
+                   "respawn_p90_ms": round(pct(lat, 0.9), 3), "respawn_samples": len(lat),
+                   "shutdown_ms": round(shut_ms, 2), "shutdown_exit": code, "left_after_shutdown": left}
+            if mode == "script":
+                s3 = Setup(a.nanny, a.program, 1, mode)
+                try:
+                    run["script_alone_ms"] = round(script_baseline(s3, 3 if q else 10), 3)
+                finally:
+                    s3.cleanup()
+            results["runs"].append(run)
+            print(json.dumps(run), file=sys.stderr)
+    direct = {r["n"]: r for r in results["runs"] if r["mode"] == "direct"}
+    if len(direct) >= 2:
+        lo, hi = min(direct), max(direct)
+        results["pss_per_service_kib"] = round((direct[hi]["pss_kib"] - direct[lo]["pss_kib"]) / (hi - lo), 2)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    md = table(results)
+    with open(os.path.join(a.out, "results.md"), "w") as f:
+        f.write(md)
+    print(md)
+    bad = [r for r in results["runs"] if r["shutdown_exit"] != 0 or r["left_after_shutdown"]]
+    if bad:
+        raise SystemExit(f"bench: a shutdown failed or left programs running: {bad}")
+    print(f"{len(results['runs'])} passed, 0 failed")
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def binary_sizes():
+    out = {}
+    for t in ("aarch64-unknown-linux-musl", "armv7-unknown-linux-gnueabihf", "x86_64-unknown-linux-musl"):
+        p = f"target/{t}/release/air-nanny"
+        if os.path.exists(p):
+            out[t] = os.path.getsize(p)
+    return out
+
+
+def table(r):
+    m = r["machine"]
+    lines = [f"Machine: {m['cpus']} cores, {m['cpu']}, Linux {m['kernel']}{' (quick run)' if m['quick'] else ''}", "",
+             "| mode | N | bring-up ms | PSS KiB | RSS KiB | idle ticks (no checks) | idle ticks (check/1 s each) "
+             "| respawn median ms | respawn p90 ms | script alone ms | shutdown ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for x in r["runs"]:
+        lines.append(f"| {x['mode']} | {x['n']} | {x['bring_up_ms']} | {x['pss_kib']} | {x['rss_kib']} | "
+                     f"{x['idle_ticks']} in {x['idle_seconds']} s | {x['idle_ticks_checked_1s']} in {x['idle_seconds']} s | "
+                     f"{x['respawn_median_ms']} | {x['respawn_p90_ms']} | {x.get('script_alone_ms', '-')} | {x['shutdown_ms']} |")
+    if "pss_per_service_kib" in r:
+        lines += ["", f"PSS per extra service (direct): {r['pss_per_service_kib']} KiB"]
+    if r["api"]:
+        a = r["api"]
+        lines += ["", f"API at N = {a['n']} (wrk -t1 -c8): `/task/find` {a['find_rps']:.0f} req/s, p99 {a['find_p99_ms']} ms; "
+                  f"`/task/get` {a['get_rps']:.0f} req/s, p99 {a['get_p99_ms']} ms"]
+    if r["binary_sizes"]:
+        lines += ["", "Binary sizes: " + ", ".join(f"{t} {s / 1e6:.2f} MB" for t, s in r["binary_sizes"].items())]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
