@@ -132,6 +132,18 @@ pub async fn run(target: &Target, cmd: CtlCommand, json: bool) -> i32 {
     }
 }
 
+/// How long a running task has been up, from its `Since`.
+fn uptime(t: &Value) -> String {
+    let (Some(2), Some(since)) = (t["State"].as_u64(), t["Since"].as_u64()) else { return "-".into() };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let s = now.saturating_sub(since);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+    }
+}
+
 /// Tasks as an aligned table.
 pub fn table(tasks: &[Value]) -> String {
     let mut rows =
@@ -145,7 +157,7 @@ pub fn table(tasks: &[Value]) -> String {
             if pids.is_empty() { "-".into() } else { pids.join(",") },
             t["Restarts"].to_string(),
             format!("{}/{}", t["StartFaultNum"], t["StopFaultNum"]),
-            t["UptimeSecs"].as_u64().map(|s| format!("{s}s")).unwrap_or_else(|| "-".into()),
+            uptime(t),
         ]);
     }
     let widths: Vec<usize> = (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();

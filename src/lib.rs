@@ -103,7 +103,13 @@ pub async fn run(
     let (sup, supervisor_done) = Supervisor::start(settings.clone(), store.clone(), reaper, shutdown.clone());
     spawn_signal_task(signals, sup.clone(), shutdown.clone());
 
-    let state = api::AppState { settings: settings.clone(), store, supervisor: sup.clone(), tokens: Arc::new(tokens) };
+    let state = api::AppState {
+        settings: settings.clone(),
+        store,
+        supervisor: sup.clone(),
+        tokens: Arc::new(tokens),
+        task_cache: Arc::default(),
+    };
     let app = api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let api_shutdown = shutdown.clone();
     let server = tokio::spawn(async move {

@@ -24,7 +24,8 @@ use serde_json::{json, Value};
 
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
-use wire::{ok, TaskWire};
+use wire::ok;
+pub use wire::TaskCache;
 
 use crate::config::{Probe, ServiceInfo, Settings};
 use crate::store::{ConfigStore, StoreError};
@@ -67,6 +68,7 @@ pub struct AppState {
     pub store: ConfigStore,
     pub supervisor: Supervisor,
     pub tokens: Arc<Tokens>,
+    pub task_cache: Arc<TaskCache>,
 }
 
 /// Every route: method, path, handler. The router and the OpenAPI test both read this list.
@@ -354,14 +356,13 @@ async fn service_info_del(State(s): State<AppState>, RawQuery(q): RawQuery) -> R
 }
 
 async fn task_get(State(s): State<AppState>) -> Response {
-    let tasks = s.supervisor.list().await;
-    ok(tasks.iter().map(TaskWire::from).collect::<Vec<_>>())
+    s.task_cache.list_response(&s.supervisor.list().await)
 }
 
 async fn task_find(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     let name = name_param(q)?;
     let t = s.supervisor.get(&name).await.ok_or_else(|| ApiError::no_task(&name))?;
-    Ok(ok(TaskWire::from(&t)))
+    Ok(s.task_cache.one_response(&t))
 }
 
 async fn task_set(State(s): State<AppState>, body: Body) -> Result<Response, ApiError> {
@@ -373,7 +374,7 @@ async fn task_set(State(s): State<AppState>, body: Body) -> Result<Response, Api
 
 async fn task_now(s: &AppState, name: &str) -> Result<Response, ApiError> {
     match s.supervisor.get(name).await {
-        Some(t) => Ok(ok(TaskWire::from(&t))),
+        Some(t) => Ok(s.task_cache.one_response(&t)),
         None => Ok(ok(Value::Null)),
     }
 }

@@ -59,7 +59,7 @@ pub fn document() -> Value {
                     "StartFaultNum": { "type": "integer" }, "StopFaultNum": { "type": "integer" },
                     "Pids": { "type": "array", "items": { "type": "integer" } },
                     "StateName": { "type": "string" }, "Health": { "type": "string" }, "Restarts": { "type": "integer" },
-                    "Since": { "type": "integer" }, "UptimeSecs": { "type": "integer" },
+                    "Since": { "type": "integer" },
                     "LastExit": { "type": "string" }, "LastError": { "type": "string" } } }
             }
         },

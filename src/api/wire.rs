@@ -1,18 +1,34 @@
 //! The API's wire shapes: the envelope and the task object with the seed's names
 //! (`ServiceInfo`, `State`, `StartFaultNum`, `StopFaultNum`, `Pids`) plus extension fields.
+//!
+//! A task's JSON changes only when its snapshot does, so it is serialised once per snapshot
+//! version and cached: `/task/get` then costs a copy per task, not a serialisation.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::UNIX_EPOCH;
 
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Serialize;
 
 use crate::config::ServiceInfo;
-use crate::supervisor::{State, TaskSnapshot};
+use crate::supervisor::TaskSnapshot;
+
+#[derive(Serialize)]
+struct Envelope<T> {
+    data: T,
+    msg: &'static str,
+}
 
 /// `{"data": …, "msg": "SUCCESS"}`.
 pub fn ok<T: Serialize>(data: T) -> Response {
-    Json(serde_json::json!({ "data": data, "msg": "SUCCESS" })).into_response()
+    let body = serde_json::to_vec(&Envelope { data, msg: "SUCCESS" }).expect("API data always serialises");
+    json_response(body)
+}
+
+fn json_response(body: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// One task as the seed shows it, plus extensions.
@@ -35,12 +51,9 @@ pub struct TaskWire<'a> {
     pub health: &'static str,
     #[serde(rename = "Restarts")]
     pub restarts: u64,
-    /// Extension: when the current state was entered (Unix seconds).
+    /// Extension: when the current state was entered (Unix seconds); uptime when running.
     #[serde(rename = "Since")]
     pub since: u64,
-    /// Extension: seconds in the running state, when running.
-    #[serde(rename = "UptimeSecs", skip_serializing_if = "Option::is_none")]
-    pub uptime: Option<u64>,
     #[serde(rename = "LastExit", skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<&'a str>,
     #[serde(rename = "LastError", skip_serializing_if = "Option::is_none")]
@@ -49,9 +62,6 @@ pub struct TaskWire<'a> {
 
 impl<'a> From<&'a TaskSnapshot> for TaskWire<'a> {
     fn from(t: &'a TaskSnapshot) -> Self {
-        let since = t.since.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let uptime = (t.state == State::Running)
-            .then(|| SystemTime::now().duration_since(t.since).map(|d| d.as_secs()).unwrap_or(0));
         TaskWire {
             info: &t.info,
             state: t.state.code(),
@@ -61,10 +71,84 @@ impl<'a> From<&'a TaskSnapshot> for TaskWire<'a> {
             state_name: t.state.name(),
             health: t.health.name(),
             restarts: t.restarts,
-            since,
-            uptime,
+            since: t.since.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             last_exit: t.last_exit.as_deref(),
             last_error: t.last_error.as_deref(),
         }
+    }
+}
+
+/// Serialised tasks by service name, valid for one snapshot version each.
+#[derive(Default)]
+pub struct TaskCache {
+    entries: Mutex<HashMap<String, (u64, Arc<[u8]>)>>,
+}
+
+impl TaskCache {
+    fn json(&self, entries: &mut HashMap<String, (u64, Arc<[u8]>)>, t: &TaskSnapshot) -> Arc<[u8]> {
+        match entries.get(&t.info.name) {
+            Some((version, bytes)) if *version == t.version => bytes.clone(),
+            _ => {
+                let bytes: Arc<[u8]> = serde_json::to_vec(&TaskWire::from(t)).expect("tasks serialise").into();
+                entries.insert(t.info.name.clone(), (t.version, bytes.clone()));
+                bytes
+            }
+        }
+    }
+
+    /// `{"data": [task…], "msg": "SUCCESS"}`; forgets services that are no longer listed.
+    pub fn list_response(&self, tasks: &[Arc<TaskSnapshot>]) -> Response {
+        let mut entries = self.entries.lock().expect("cache lock");
+        if entries.len() > tasks.len() {
+            entries.retain(|name, _| tasks.iter().any(|t| &t.info.name == name));
+        }
+        let parts: Vec<Arc<[u8]>> = tasks.iter().map(|t| self.json(&mut entries, t)).collect();
+        drop(entries);
+        let mut body = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + 32);
+        body.extend_from_slice(b"{\"data\":[");
+        for (i, p) in parts.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(p);
+        }
+        body.extend_from_slice(b"],\"msg\":\"SUCCESS\"}");
+        json_response(body)
+    }
+
+    /// `{"data": task, "msg": "SUCCESS"}`.
+    pub fn one_response(&self, task: &TaskSnapshot) -> Response {
+        let json = self.json(&mut self.entries.lock().expect("cache lock"), task);
+        let mut body = Vec::with_capacity(json.len() + 32);
+        body.extend_from_slice(b"{\"data\":");
+        body.extend_from_slice(&json);
+        body.extend_from_slice(b",\"msg\":\"SUCCESS\"}");
+        json_response(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_json_is_the_serialised_task_and_follows_versions() {
+        let info = ServiceInfo::from_json(br#"{"name":"a","script":{"programFilePath":"/a"}}"#).unwrap();
+        let mut snap = TaskSnapshot::new(info);
+        let cache = TaskCache::default();
+        let body = |r: Response| {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let bytes = rt.block_on(axum::body::to_bytes(r.into_body(), usize::MAX)).unwrap();
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+        };
+        let v = body(cache.list_response(&[Arc::new(snap.clone())]));
+        assert_eq!(v["msg"], "SUCCESS");
+        assert_eq!(v["data"][0]["State"], 0);
+        assert_eq!(v["data"][0], serde_json::to_value(TaskWire::from(&snap)).unwrap());
+        snap.state = crate::supervisor::State::Running;
+        snap.pids = vec![42];
+        snap.version += 1;
+        let v = body(cache.one_response(&snap));
+        assert_eq!((v["data"]["State"].as_u64(), v["data"]["Pids"][0].as_u64()), (Some(2), Some(42)));
     }
 }

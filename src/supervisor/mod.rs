@@ -71,8 +71,8 @@ pub struct ShutdownReport {
 type Reply<T> = oneshot::Sender<Result<T, SupervisorError>>;
 
 enum Command {
-    List(oneshot::Sender<Vec<TaskSnapshot>>),
-    Get(String, oneshot::Sender<Option<TaskSnapshot>>),
+    List(oneshot::Sender<Vec<Arc<TaskSnapshot>>>),
+    Get(String, oneshot::Sender<Option<Arc<TaskSnapshot>>>),
     Log(String, oneshot::Sender<Option<ServiceLog>>),
     Apply(Box<ServiceInfo>, Reply<()>),
     Remove(String, Reply<()>),
@@ -119,11 +119,11 @@ impl Supervisor {
     }
 
     /// Every task, in start order.
-    pub async fn list(&self) -> Vec<TaskSnapshot> {
+    pub async fn list(&self) -> Vec<Arc<TaskSnapshot>> {
         self.ask(Command::List).await.unwrap_or_default()
     }
 
-    pub async fn get(&self, name: &str) -> Option<TaskSnapshot> {
+    pub async fn get(&self, name: &str) -> Option<Arc<TaskSnapshot>> {
         self.ask(|tx| Command::Get(name.to_string(), tx)).await.flatten()
     }
 
@@ -230,7 +230,7 @@ impl Actor {
     async fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::List(reply) => {
-                let mut all: Vec<TaskSnapshot> = self.tasks.values().map(ServiceHandle::snapshot).collect();
+                let mut all: Vec<Arc<TaskSnapshot>> = self.tasks.values().map(ServiceHandle::snapshot).collect();
                 all.sort_by(|a, b| {
                     (!a.info.is_init, a.info.priority, &a.info.name).cmp(&(
                         !b.info.is_init,
@@ -400,7 +400,7 @@ impl Actor {
     /// Stops every service in reverse start order (groups in reverse; inside a group together).
     async fn stop_all(mut self) -> ShutdownReport {
         tracing::info!("stopping all services in reverse order");
-        let infos: Vec<ServiceInfo> = self.tasks.values().map(|h| h.snapshot().info).collect();
+        let infos: Vec<ServiceInfo> = self.tasks.values().map(|h| h.snapshot().info.clone()).collect();
         let mut faults = Vec::new();
         for group in start_groups(&infos).into_iter().rev() {
             let stops =
@@ -429,7 +429,7 @@ async fn boot(
     booted: watch::Sender<bool>,
 ) {
     for (i, group) in plan.into_iter().enumerate() {
-        let names: Vec<String> = group.iter().map(|h| h.snapshot().info.name).collect();
+        let names: Vec<String> = group.iter().map(|h| h.snapshot().info.name.clone()).collect();
         tracing::info!(group = i + 1, services = ?names, "starting group");
         // One pass over /proc finds the programs to adopt for the whole group.
         let table = Arc::new(tokio::task::spawn_blocking(ProcTable::scan).await.unwrap_or_default());
@@ -438,7 +438,7 @@ async fn boot(
             async move {
                 let _ = h.send(Control::Boot(table)).await;
                 let mut rx = h.watch();
-                let _ = rx.wait_for(TaskSnapshot::settled).await;
+                let _ = rx.wait_for(|s| s.settled()).await;
             }
         });
         tokio::select! {

@@ -61,7 +61,7 @@ enum Event {
 #[derive(Clone)]
 pub struct ServiceHandle {
     tx: mpsc::Sender<Request>,
-    snapshot: watch::Receiver<TaskSnapshot>,
+    snapshot: watch::Receiver<Arc<TaskSnapshot>>,
     log: ServiceLog,
 }
 
@@ -73,11 +73,12 @@ impl ServiceHandle {
         rx.await.map_err(|_| "the service task has ended".to_string())?
     }
 
-    pub fn snapshot(&self) -> TaskSnapshot {
+    /// The latest snapshot (shared, not copied).
+    pub fn snapshot(&self) -> Arc<TaskSnapshot> {
         self.snapshot.borrow().clone()
     }
 
-    pub fn watch(&self) -> watch::Receiver<TaskSnapshot> {
+    pub fn watch(&self) -> watch::Receiver<Arc<TaskSnapshot>> {
         self.snapshot.clone()
     }
 
@@ -90,7 +91,7 @@ impl ServiceHandle {
 pub fn spawn(info: ServiceInfo, settings: Arc<Settings>, reaper: Reaper) -> ServiceHandle {
     let log = ServiceLog::open(&settings.log_dir, &info.name, settings.log_max_bytes, settings.log_max_files);
     let (tx, requests) = mpsc::channel(16);
-    let (snapshot_tx, snapshot) = watch::channel(TaskSnapshot::new(info.clone()));
+    let (snapshot_tx, snapshot) = watch::channel(Arc::new(TaskSnapshot::new(info.clone())));
     let (events_tx, events) = mpsc::unbounded_channel();
     let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
         ^ (info.name.len() as u64) << 32;
@@ -152,13 +153,19 @@ struct ServiceTask {
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
     requests: mpsc::Receiver<Request>,
-    snapshot_tx: watch::Sender<TaskSnapshot>,
+    snapshot_tx: watch::Sender<Arc<TaskSnapshot>>,
 }
 
 impl ServiceTask {
     async fn run(mut self) {
         loop {
             let wake = self.next_wakeup();
+            if self.snap.state == State::Backoff && wake.is_some_and(|w| w <= Instant::now()) {
+                // A restart due now (the first one after a death) does not wait for a timer tick.
+                self.on_deadline().await;
+                self.publish();
+                continue;
+            }
             tokio::select! {
                 req = self.requests.recv() => match req {
                     Some(Request { control, reply }) => {
@@ -190,8 +197,8 @@ impl ServiceTask {
     fn publish(&mut self) {
         self.snap.info = self.info.clone();
         self.snap.pids = self.run.pids.clone();
-        let snap = self.snap.clone();
-        self.snapshot_tx.send_replace(snap);
+        self.snap.version += 1;
+        self.snapshot_tx.send_replace(Arc::new(self.snap.clone()));
     }
 
     fn set_state(&mut self, state: State) {
@@ -610,9 +617,13 @@ impl ServiceTask {
         }
         let mut gone = process::wait_all_exit(&pids, deadline).await;
         let mut left: Vec<i32> = pids.iter().copied().filter(|p| process::is_alive(*p)).collect();
-        for p in process::find_program(&program) {
-            if !left.contains(&p) {
-                left.push(p);
+        // A daemonised program may live on under another pid (a re-exec, a fork); a direct-mode
+        // child is the program itself, and its process group is killed below.
+        if !self.info.is_direct() {
+            for p in process::find_program(&program) {
+                if !left.contains(&p) {
+                    left.push(p);
+                }
             }
         }
         gone &= left.is_empty();

@@ -88,6 +88,8 @@ pub struct TaskSnapshot {
     pub since: SystemTime,
     pub last_exit: Option<String>,
     pub last_error: Option<String>,
+    /// Grows with every published change: readers may cache what they derive from a snapshot.
+    pub version: u64,
 }
 
 impl TaskSnapshot {
@@ -103,6 +105,7 @@ impl TaskSnapshot {
             since: SystemTime::now(),
             last_exit: None,
             last_error: None,
+            version: 0,
         }
     }
 
