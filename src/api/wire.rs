@@ -78,14 +78,17 @@ impl<'a> From<&'a TaskSnapshot> for TaskWire<'a> {
     }
 }
 
+/// A task's JSON and the snapshot version it was made from.
+type Cached = (u64, Arc<[u8]>);
+
 /// Serialised tasks by service name, valid for one snapshot version each.
 #[derive(Default)]
 pub struct TaskCache {
-    entries: Mutex<HashMap<String, (u64, Arc<[u8]>)>>,
+    entries: Mutex<HashMap<String, Cached>>,
 }
 
 impl TaskCache {
-    fn json(&self, entries: &mut HashMap<String, (u64, Arc<[u8]>)>, t: &TaskSnapshot) -> Arc<[u8]> {
+    fn json(&self, entries: &mut HashMap<String, Cached>, t: &TaskSnapshot) -> Arc<[u8]> {
         match entries.get(&t.info.name) {
             Some((version, bytes)) if *version == t.version => bytes.clone(),
             _ => {
