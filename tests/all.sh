@@ -20,3 +20,5 @@ echo "== cargo test"
 cargo test --locked
 echo "== appliance: static builds, packages, lintian, scratch-root install, qemu smoke tests"
 packaging/test.sh
+echo "== benchmark smoke run (bench/run.sh --quick; no timing is asserted)"
+bench/run.sh --quick
