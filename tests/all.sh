@@ -22,3 +22,5 @@ echo "== appliance: static builds, packages, lintian, scratch-root install, qemu
 packaging/test.sh
 echo "== benchmark smoke run (bench/run.sh --quick; no timing is asserted)"
 bench/run.sh --quick
+echo "== web console in headless Chromium"
+tests/ui/run.sh

@@ -89,6 +89,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::POST, "/reload", post(reload)),
         (Method::GET, "/health", get(health)),
         (Method::GET, "/openapi.json", get(openapi)),
+        (Method::GET, "/", get(console)),
     ]
 }
 
@@ -121,7 +122,8 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.to_string()).unwrap_or_else(|| "-".into());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let open = path == "/health";
+    // Liveness, and the console's page itself (it holds no data and asks for the token).
+    let open = path == "/health" || path == "/";
     if state.tokens.any() && !open {
         let given = req
             .headers()
@@ -433,6 +435,15 @@ async fn reload(State(s): State<AppState>) -> Result<Response, ApiError> {
 
 async fn health(State(s): State<AppState>) -> Response {
     ok(json!({ "server": s.settings.server, "version": env!("CARGO_PKG_VERSION"), "pid": std::process::id() }))
+}
+
+/// The web console: one self-contained page, embedded in the binary (no CDN, no files to install).
+async fn console() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
+        include_str!("console.html"),
+    )
+        .into_response()
 }
 
 async fn openapi() -> Response {

@@ -83,7 +83,9 @@ pub fn document() -> Value {
             "/reload": { "post": op("Re-read services.json and apply only the difference (as SIGHUP)", false, false) },
             "/health": { "get": { "summary": "Liveness of air-nanny itself (no token needed)", "security": [],
                 "responses": { "200": { "description": "SUCCESS" } } } },
-            "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "the document" } } } }
+            "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "the document" } } } },
+            "/": { "get": { "summary": "The web console (HTML; no token needed for the page, it asks for one)", "security": [],
+                "responses": { "200": { "description": "text/html" } } } }
         }
     })
 }

@@ -471,7 +471,7 @@ impl YamlFields<'_> {
             Some(v) => match yaml_int(v) {
                 Some(n) if (1..=65535).contains(&n) => Some(n as u16),
                 Some(n) => {
-                    self.problems.error(self.file, key, format!("is {n}; a TCP port is 1 to 65535"));
+                    self.problems.error(self.file, key, format!("is {n}, but a TCP port is 1 to 65535"));
                     None
                 }
                 None => {
@@ -488,7 +488,7 @@ impl YamlFields<'_> {
             Some(v) => match yaml_int(v) {
                 Some(n) if n >= min as i64 => n as u64,
                 Some(n) => {
-                    self.problems.error(self.file, key, format!("is {n}; it must be at least {min}"));
+                    self.problems.error(self.file, key, format!("is {n}, but it must be at least {min}"));
                     default
                 }
                 None => {
@@ -596,7 +596,7 @@ mod tests {
         let text = p.to_string();
         for needle in [
             "SERVER: missing",
-            "SERVER_PORT: is 0; a TCP port is 1 to 65535",
+            "SERVER_PORT: is 0, but a TCP port is 1 to 65535",
             "nope.yaml: cannot read the public configuration",
             "SERVER_ADDR: \"host\" is not an IP address",
             "warning: ",

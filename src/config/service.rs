@@ -441,12 +441,12 @@ impl<'a> Fields<'a, '_> {
                 Some(v) if v >= min => Some(v),
                 Some(v) => {
                     let field = self.field(key);
-                    self.problems.error(self.ctx, &field, format!("is {v}; it must be at least {min}"));
+                    self.problems.error(self.ctx, &field, format!("is {v}, but it must be at least {min}"));
                     None
                 }
                 None => {
                     let field = self.field(key);
-                    self.problems.error(self.ctx, &field, format!("is {n}; expected a whole number of at least {min}"));
+                    self.problems.error(self.ctx, &field, format!("is {n}, not a whole number of at least {min}"));
                     None
                 }
             },
@@ -582,7 +582,7 @@ mod tests {
             "priority: expected an integer, found a string",
             "isDaemon: expected true or false, found a number",
             "script.execPath: expected a string",
-            "healthCheck.interval: is 0; it must be at least 1",
+            "healthCheck.interval: is 0, but it must be at least 1",
             "healthCheck.timeout: is -1",
             "healthCheck.test:",
         ] {

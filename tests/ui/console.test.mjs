@@ -1,0 +1,173 @@
+// Browser tests of the web console, against the real air-nanny binary on a copy of the demo
+// configuration, in Debian's headless Chromium driven by playwright-core.
+// Run by tests/ui/run.sh, which builds the binaries and installs Chromium.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+const REPO = path.resolve(import.meta.dirname, "../..");
+const AIR_NANNY = process.env.AIR_NANNY ?? path.join(REPO, "target/debug/air-nanny");
+const DEMO = process.env.DEMO ?? path.join(REPO, "target/debug/demo-service");
+const ARTIFACTS = process.env.ARTIFACTS ?? path.join(REPO, "target/ui-artifacts");
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const DAEMONS = ["timesync", "sensor-bus", "recorder", "telemetry"];
+
+async function freePort() {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => resolve(p)); });
+  });
+}
+
+async function waitFor(what, fn, timeoutMs = 20000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn().catch(() => undefined);
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error("timed out waiting for " + what);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** A temp copy of the demo (conf/ with its scripts, a rootpath with the programs) and air-nanny on it. */
+async function startDemo({ token, services } = {}) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "air-nanny-ui-"));
+  const conf = path.join(dir, "conf");
+  fs.cpSync(path.join(REPO, "conf/demo"), path.join(conf, "demo"), { recursive: true });
+  fs.mkdirSync(path.join(dir, "root/bin"), { recursive: true });
+  for (const name of [...DAEMONS, "preflight", "camera", "solo"]) fs.copyFileSync(DEMO, path.join(dir, "root/bin", name));
+  for (const f of fs.readdirSync(path.join(dir, "root/bin"))) fs.chmodSync(path.join(dir, "root/bin", f), 0o755);
+  const port = await freePort();
+  let yaml = `SERVER: ui-test\nPUBLIC_CONF: public.yaml\nSERVER_PORT: ${port}\nLOG_DIR: logs\nWORK_DIR: .\nSTOP_TIMEOUT: 5\n`;
+  if (token) { fs.writeFileSync(path.join(conf, "token"), token + "\n"); yaml += "API_TOKEN_FILE: token\n"; }
+  fs.writeFileSync(path.join(conf, "config.yaml"), yaml);
+  fs.writeFileSync(path.join(conf, "public.yaml"), `rootpath: ${path.join(dir, "root")}\n`);
+  fs.writeFileSync(path.join(conf, "services.json"), services ?? fs.readFileSync(path.join(REPO, "conf/services.json")));
+  const log = fs.openSync(path.join(dir, "nanny.log"), "a");
+  const child = spawn(AIR_NANNY, ["run", "--config", path.join(conf, "config.yaml")], { stdio: ["ignore", "ignore", log] });
+  const url = `http://127.0.0.1:${port}/`;
+  await waitFor("air-nanny's API", async () => (await fetch(url + "health")).ok);
+  return {
+    dir, url, token,
+    servicesJson: () => fs.readFileSync(path.join(conf, "services.json"), "utf8"),
+    async stop() {
+      child.kill("SIGTERM");
+      await new Promise((r) => child.exitCode !== null ? r() : child.once("exit", r));
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+let browser, demo;
+
+before(async () => {
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync"],
+  });
+  demo = await startDemo();
+});
+
+after(async () => {
+  await demo?.stop();
+  await browser?.close();
+});
+
+async function openConsole(url = demo.url) {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  await page.goto(url);
+  return page;
+}
+
+const row = (page, name) => page.locator(`#tasks tr[data-name="${name}"]`);
+
+test("the overview lists the demo services as running, with the start-order picture", async () => {
+  const page = await openConsole();
+  for (const name of DAEMONS) {
+    await row(page, name).locator('[data-state="2"]').waitFor({ timeout: 20000 });
+    assert.notEqual(await row(page, name).locator("td.pids").textContent(), "–");
+  }
+  // Lanes: init first, then priorities 1, 2, 3, with arrows between.
+  const lanes = await page.locator(".lane h3").allTextContents();
+  assert.deepEqual(lanes, ["init · priority 0", "priority 1", "priority 2", "priority 3"]);
+  assert.equal(await page.locator(".arrow").count(), 3);
+  assert.equal(await page.locator('.lane[data-lane="2"] .box').count(), 2);
+  await page.locator('.box.s2[data-name="sensor-bus"]').waitFor();
+  await page.screenshot({ path: path.join(ARTIFACTS, "overview.png"), fullPage: true });
+  await page.locator("#lanes").screenshot({ path: path.join(ARTIFACTS, "start-order.png") });
+  await page.close();
+});
+
+test("restart changes the pid", async () => {
+  const page = await openConsole();
+  const pids = row(page, "telemetry").locator("td.pids");
+  await row(page, "telemetry").locator('[data-state="2"]').waitFor();
+  const before = await pids.textContent();
+  await row(page, "telemetry").locator('[data-action="restart"]').click();
+  await page.locator("#confirm-yes").click();
+  await waitFor("a new pid", async () => {
+    const now = await pids.textContent();
+    return now !== before && /^\d+$/.test(now) && (await row(page, "telemetry").locator('[data-state="2"]').count()) === 1;
+  });
+  await page.close();
+});
+
+test("the editor adds a service, which appears in services.json and runs", async () => {
+  const page = await openConsole();
+  await page.locator("#add").click();
+  await page.locator("#f-name").fill("camera");
+  await page.locator("#f-priority").fill("4");
+  await page.locator("#f-execPath").fill("");
+  await page.locator("#f-programFilePath").fill("/bin/camera");
+  await page.locator("#f-args").fill("--heartbeat\n30");
+  await page.locator("#edit-save-apply").click();
+  await row(page, "camera").locator('[data-state="2"]').waitFor({ timeout: 20000 });
+  const saved = JSON.parse(demo.servicesJson()).find((s) => s.name === "camera");
+  assert.ok(saved, "camera is in services.json");
+  assert.deepEqual(saved.script.args, ["--heartbeat", "30"]);
+  assert.equal(saved.priority, 4);
+  await page.locator('.lane h3', { hasText: "priority 4" }).waitFor();
+  await page.close();
+});
+
+test("a bad value shows the API's message next to its field and changes nothing", async () => {
+  const page = await openConsole();
+  await row(page, "telemetry").locator('[data-action="edit"]').click();
+  await page.locator("#f-name").waitFor();
+  assert.equal(await page.locator("#f-name").inputValue(), "telemetry");
+  const before = demo.servicesJson();
+  await page.locator("#f-interval").fill("0");
+  await page.locator("#f-priority").fill("high");
+  await page.locator("#edit-save-config").click();
+  const intervalErr = page.locator('[data-err="healthCheck.interval"]');
+  await intervalErr.filter({ hasText: "healthCheck.interval: is 0, but it must be at least 1" }).waitFor();
+  assert.match(await page.locator('[data-err="priority"]').textContent(), /priority: expected an integer/);
+  assert.ok(await page.locator("#edit-dialog").evaluate((d) => d.open), "the editor stays open");
+  assert.equal(demo.servicesJson(), before, "services.json is unchanged");
+  await page.screenshot({ path: path.join(ARTIFACTS, "editor-error.png") });
+  await page.close();
+});
+
+test("with a token set, the page asks for it and then works", async () => {
+  const solo = JSON.stringify([{ name: "solo", script: { programFilePath: "/bin/solo", args: ["--heartbeat", "30"] } }]);
+  const guarded = await startDemo({ token: "ui-test-token-0123456789", services: solo });
+  try {
+    const page = await openConsole(guarded.url);
+    const dialog = page.locator("#token-dialog");
+    await dialog.waitFor({ state: "visible" });
+    assert.equal(await row(page, "solo").count(), 0, "nothing is shown without the token");
+    await page.locator("#token-input").fill("ui-test-token-0123456789");
+    await page.locator("#token-save").click();
+    await row(page, "solo").locator('[data-state="2"]').waitFor({ timeout: 20000 });
+    await page.close();
+  } finally {
+    await guarded.stop();
+  }
+});
