@@ -244,15 +244,20 @@ def main():
     ap.add_argument("--program", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", help="one run, e.g. direct:100 (for profiling)")
     a = ap.parse_args()
     q = a.quick
     sizes = [5, 20] if q else [10, 100, 1000]
+    if a.only:
+        sizes = [int(a.only.split(":")[1])]
     idle_s, settle_s, kills, api_s = (2, 1, 5, 2) if q else (30, 10, 20, 10)
     api_n = sizes[-1] if q else 100
     results = {"machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "cpu": cpu_model(),
                            "quick": q}, "runs": [], "api": {}, "binary_sizes": binary_sizes()}
     for mode in ("direct", "script"):
         for n in sizes:
+            if a.only and a.only != f"{mode}:{n}":
+                continue
             s = Setup(a.nanny, a.program, n, mode)
             try:
                 nn = Nanny(s)

@@ -7,8 +7,6 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::AsyncReadExt;
-
 /// A log file rotated by size: `name.log`, `name.log.1` … `name.log.N`.
 struct Rotating {
     path: PathBuf,
@@ -93,14 +91,27 @@ impl ServiceLog {
     /// end goes to a child's stdout/stderr.
     pub fn pipe(&self) -> io::Result<OwnedFd> {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
-        let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(read)?;
+        let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(read)?;
         let log = self.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 8192];
+            // Wait for data without holding a buffer: a quiet pipe costs only its task. The read
+            // itself goes through one buffer per thread.
+            thread_local! { static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 16 * 1024]); }
             loop {
-                match rx.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => log.append(&buf[..n]),
+                if rx.readable().await.is_err() {
+                    break;
+                }
+                let done = BUF.with_borrow_mut(|buf| match rx.try_read(buf) {
+                    Ok(0) => true,
+                    Ok(n) => {
+                        log.append(&buf[..n]);
+                        false
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                    Err(_) => true,
+                });
+                if done {
+                    break;
                 }
             }
         });

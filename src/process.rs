@@ -248,8 +248,18 @@ mod tests {
         std::fs::write(&script, "sleep 5\nexit 0\n").unwrap();
         let mut child = std::process::Command::new("sh").arg(&script).spawn().unwrap();
         let pid = child.id() as i32;
-        let found = find_program(&script);
-        let table = ProcTable::scan().find(&script);
+        // For a moment after it forks, the shell's child is still a copy of the shell running the
+        // script; wait (bounded) until only the shell itself matches.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let (mut found, mut table) = (Vec::new(), Vec::new());
+        while std::time::Instant::now() < deadline {
+            found = find_program(&script);
+            table = ProcTable::scan().find(&script);
+            if found == vec![pid] && table == vec![pid] {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         child.kill().unwrap();
         let _ = child.wait();
         assert_eq!(found, vec![pid]);

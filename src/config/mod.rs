@@ -176,20 +176,7 @@ impl Settings {
     /// Reads and validates config.yaml and the public file. Every problem is collected.
     pub fn load(config_path: &Path, problems: &mut Problems) -> Option<Settings> {
         let file = config_path.display().to_string();
-        let text = match std::fs::read_to_string(config_path) {
-            Ok(t) => t,
-            Err(e) => {
-                problems.error(&file, "", format!("cannot read: {e}"));
-                return None;
-            }
-        };
-        let doc: Yaml = match serde_yaml::from_str(&text) {
-            Ok(v) => v,
-            Err(e) => {
-                problems.error(&file, "", format!("malformed YAML: {e}"));
-                return None;
-            }
-        };
+        let doc = read_yaml(config_path, "cannot read", problems)?;
         let Some(map) = doc.as_mapping() else {
             problems.error(&file, "", "expected a mapping of KEY: value");
             return None;
@@ -305,22 +292,17 @@ impl Settings {
     }
 }
 
+/// A YAML file's document; an unreadable or malformed file is a problem named after the file.
+fn read_yaml(path: &Path, cannot_read: &str, problems: &mut Problems) -> Option<Yaml> {
+    let file = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| problems.error(&file, "", format!("{cannot_read}: {e}"))).ok()?;
+    serde_yaml::from_str(&text).map_err(|e| problems.error(&file, "", format!("malformed YAML: {e}"))).ok()
+}
+
 fn read_rootpath(public: &Path, problems: &mut Problems) -> Option<PathBuf> {
     let file = public.display().to_string();
-    let text = match std::fs::read_to_string(public) {
-        Ok(t) => t,
-        Err(e) => {
-            problems.error(&file, "", format!("cannot read the public configuration (PUBLIC_CONF): {e}"));
-            return None;
-        }
-    };
-    let doc: Yaml = match serde_yaml::from_str(&text) {
-        Ok(v) => v,
-        Err(e) => {
-            problems.error(&file, "", format!("malformed YAML: {e}"));
-            return None;
-        }
-    };
+    let doc = read_yaml(public, "cannot read the public configuration (PUBLIC_CONF)", problems)?;
     match doc.get("rootpath") {
         Some(Yaml::String(s)) if !s.trim().is_empty() => {
             let dir = public.parent().unwrap_or(Path::new("/"));

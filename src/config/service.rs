@@ -514,25 +514,8 @@ mod tests {
     use super::*;
 
     /// The seed README's `godbproxy` object, verbatim, with the elided `....` replaced by the four
-    /// documented healthCheck fields.
-    pub const SEED_GODBPROXY: &str = r#"{
-        "name":"godbproxy" ,
-        "priority":3 ,
-        "isInit":false,
-        "isDaemon":true,
-        "script":{
-            "execPath":"../../机载端数据处理/godbproxy/run.sh" ,
-            "programFilePath":"/mnt/e/project/机载端数据处理/godbproxy/godbproxy" ,
-            "startCommand":"start" ,
-            "stopCommand":"stop"
-        },
-        "healthCheck":{
-            "isHealthCheck":true ,
-            "interval":30,
-            "start_period":10,
-            "retries":3
-        }
-}"#;
+    /// documented healthCheck fields (shared with the end-to-end tests).
+    pub const SEED_GODBPROXY: &str = include_str!("../../tests/data/godbproxy.json");
 
     #[test]
     fn seed_object_parses_unchanged() {

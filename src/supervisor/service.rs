@@ -162,26 +162,28 @@ impl ServiceTask {
             let wake = self.next_wakeup();
             if self.snap.state == State::Backoff && wake.is_some_and(|w| w <= Instant::now()) {
                 // A restart due now (the first one after a death) does not wait for a timer tick.
-                self.on_deadline().await;
+                Box::pin(self.on_deadline()).await;
                 self.publish();
                 continue;
             }
             tokio::select! {
                 req = self.requests.recv() => match req {
+                    // Boxed: the long start and stop sequences take memory only while they run, not
+                    // for the whole life of an idle task (this is most of a service's footprint).
                     Some(Request { control, reply }) => {
-                        let r = self.on_control(control).await;
+                        let r = Box::pin(self.on_control(control)).await;
                         let _ = reply.send(r);
                     }
                     None => break,
                 },
-                Some(ev) = self.events.recv() => self.on_event(ev).await,
-                _ = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => self.on_deadline().await,
+                Some(ev) = self.events.recv() => Box::pin(self.on_event(ev)).await,
+                _ = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => Box::pin(self.on_deadline()).await,
             }
             self.publish();
         }
         // Every handle is gone (removed, or shut down): nothing of the service may outlive its task.
         if matches!(self.snap.state, State::Running | State::Backoff) {
-            let _ = self.stop().await;
+            let _ = Box::pin(self.stop()).await;
         }
         self.gen_token.cancel();
     }

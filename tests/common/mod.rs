@@ -159,10 +159,16 @@ impl Fixture {
 
     /// Starts air-nanny and waits until its API answers.
     pub fn start(&self) -> Nanny<'_> {
+        self.start_with_env(&[])
+    }
+
+    /// [`Fixture::start`] with extra environment variables (systemd's, for instance).
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Nanny<'_> {
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(self.path("nanny.log")).unwrap();
         let child = Command::new(AIR_NANNY)
             .args(["run", "--log-level", "debug", "--config"])
             .arg(self.config())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -9,24 +9,7 @@ use crate::common::{wait_until, Fixture};
 
 /// The seed README's `/serviceInfo/set` body, verbatim, with its elided `...` replaced by the four
 /// documented healthCheck fields.
-const SEED_SET_BODY: &str = r#"{
-        "name":"godbproxy" ,
-        "priority":3 ,
-        "isInit":false,
-        "isDaemon":true,
-        "script":{
-            "execPath":"../../机载端数据处理/godbproxy/run.sh" ,
-            "programFilePath":"/mnt/e/project/机载端数据处理/godbproxy/godbproxy" , 
-            "startCommand":"start" , 
-            "stopCommand":"stop"
-        },
-        "healthCheck":{
-            "isHealthCheck":true ,
-            "interval":30,
-            "start_period":10,
-            "retries":3
-        }
-}"#;
+const SEED_SET_BODY: &str = include_str!("../data/godbproxy.json");
 
 /// A fixture where the seed's relative execPath lands inside the allowed config directory:
 /// WORK_DIR is conf/a/b, so `../../机载端数据处理/…` is conf/机载端数据处理/….

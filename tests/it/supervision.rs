@@ -311,3 +311,31 @@ fn a_failed_start_is_counted() {
     });
     assert!(t["LastError"].as_str().unwrap().contains("cannot run"), "{t}");
 }
+
+#[test]
+fn systemd_hears_ready_watchdog_and_stopping_and_children_do_not() {
+    let f = Fixture::new();
+    f.write_services(&json!([f.direct_service("notified", 0, &[])]));
+    let sock_path = f.path("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut n = f.start_with_env(&[("NOTIFY_SOCKET", sock_path.to_str().unwrap()), ("WATCHDOG_USEC", "200000")]);
+    let mut heard = Vec::new();
+    let mut buf = [0u8; 256];
+    while !(heard.iter().any(|m: &String| m.starts_with("READY=1")) && heard.iter().any(|m| m == "WATCHDOG=1")) {
+        let len = sock.recv(&mut buf).expect("a notification within 20 s");
+        heard.push(String::from_utf8_lossy(&buf[..len]).into_owned());
+    }
+    // Readiness comes once the boot order has completed: the service runs by then.
+    assert_eq!(n.task("notified")["State"], 2);
+    let pid = n.pids("notified")[0];
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(!String::from_utf8_lossy(&environ).contains("NOTIFY_SOCKET"), "a child must not inherit NOTIFY_SOCKET");
+    assert_eq!(n.terminate().code(), Some(0));
+    loop {
+        let len = sock.recv(&mut buf).expect("STOPPING=1");
+        if &buf[..len] == b"STOPPING=1" {
+            break;
+        }
+    }
+}
