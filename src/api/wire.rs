@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn cached_json_is_the_serialised_task_and_follows_versions() {
         let info = ServiceInfo::from_json(br#"{"name":"a","script":{"programFilePath":"/a"}}"#).unwrap();
-        let mut snap = TaskSnapshot::new(info);
+        let mut snap = TaskSnapshot::new(Arc::new(info));
         let cache = TaskCache::default();
         let body = |r: Response| {
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();

@@ -355,7 +355,7 @@ impl Actor {
                 continue;
             }
             match self.tasks.get(&name) {
-                Some(h) if h.snapshot().info == info => summary.unchanged.push(name),
+                Some(h) if *h.snapshot().info == info => summary.unchanged.push(name),
                 Some(h) => {
                     summary.changed.push(name);
                     let (h, stopped) = (h.clone(), self.runtime.stopped.contains(&info.name));
@@ -400,7 +400,7 @@ impl Actor {
     /// Stops every service in reverse start order (groups in reverse; inside a group together).
     async fn stop_all(mut self) -> ShutdownReport {
         tracing::info!("stopping all services in reverse order");
-        let infos: Vec<ServiceInfo> = self.tasks.values().map(|h| h.snapshot().info.clone()).collect();
+        let infos: Vec<ServiceInfo> = self.tasks.values().map(|h| (*h.snapshot().info).clone()).collect();
         let mut faults = Vec::new();
         for group in start_groups(&infos).into_iter().rev() {
             let stops =

@@ -57,10 +57,29 @@ enum Event {
     },
 }
 
+/// Everything a service task hears, in one queue: one channel per service, not two.
+enum Msg {
+    Request(Request),
+    Event(Event),
+}
+
+/// How watchers and checks report back: a weak sender, so that the task still ends when its last
+/// handle goes, whatever watchers are left.
+#[derive(Clone)]
+struct Events(mpsc::WeakUnboundedSender<Msg>);
+
+impl Events {
+    fn send(&self, event: Event) {
+        if let Some(tx) = self.0.upgrade() {
+            let _ = tx.send(Msg::Event(event));
+        }
+    }
+}
+
 /// The handle on one service task. Cheap to clone.
 #[derive(Clone)]
 pub struct ServiceHandle {
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::UnboundedSender<Msg>,
     snapshot: watch::Receiver<Arc<TaskSnapshot>>,
     log: ServiceLog,
 }
@@ -69,7 +88,7 @@ impl ServiceHandle {
     /// Asks the task to do `control` and waits until it is done; `Err` carries the reason it failed.
     pub async fn send(&self, control: Control) -> Result<(), String> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request { control, reply }).await.map_err(|_| "the service task has ended".to_string())?;
+        self.tx.send(Msg::Request(Request { control, reply })).map_err(|_| "the service task has ended".to_string())?;
         rx.await.map_err(|_| "the service task has ended".to_string())?
     }
 
@@ -90,9 +109,10 @@ impl ServiceHandle {
 /// Starts the task for `info`, initially stopped. It ends when every handle is dropped.
 pub fn spawn(info: ServiceInfo, settings: Arc<Settings>, reaper: Reaper) -> ServiceHandle {
     let log = ServiceLog::open(&settings.log_dir, &info.name, settings.log_max_bytes, settings.log_max_files);
-    let (tx, requests) = mpsc::channel(16);
+    let (tx, inbox) = mpsc::unbounded_channel();
+    let info = Arc::new(info);
     let (snapshot_tx, snapshot) = watch::channel(Arc::new(TaskSnapshot::new(info.clone())));
-    let (events_tx, events) = mpsc::unbounded_channel();
+    let events = Events(tx.downgrade());
     let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
         ^ (info.name.len() as u64) << 32;
     let backoff = Backoff::new(settings.backoff_base, settings.backoff_max, settings.backoff_reset, seed);
@@ -108,9 +128,8 @@ pub fn spawn(info: ServiceInfo, settings: Arc<Settings>, reaper: Reaper) -> Serv
         backoff,
         backoff_until: None,
         restart_absent: false,
-        events_tx,
         events,
-        requests,
+        inbox,
         snapshot_tx,
     };
     tokio::spawn(task.run());
@@ -137,7 +156,7 @@ struct Run {
 }
 
 struct ServiceTask {
-    info: ServiceInfo,
+    info: Arc<ServiceInfo>,
     settings: Arc<Settings>,
     reaper: Reaper,
     log: ServiceLog,
@@ -150,9 +169,8 @@ struct ServiceTask {
     backoff_until: Option<Instant>,
     /// The pending restart follows at once a confirmed absence of the program.
     restart_absent: bool,
-    events_tx: mpsc::UnboundedSender<Event>,
-    events: mpsc::UnboundedReceiver<Event>,
-    requests: mpsc::Receiver<Request>,
+    events: Events,
+    inbox: mpsc::UnboundedReceiver<Msg>,
     snapshot_tx: watch::Sender<Arc<TaskSnapshot>>,
 }
 
@@ -167,16 +185,16 @@ impl ServiceTask {
                 continue;
             }
             tokio::select! {
-                req = self.requests.recv() => match req {
+                msg = self.inbox.recv() => match msg {
                     // Boxed: the long start and stop sequences take memory only while they run, not
                     // for the whole life of an idle task (this is most of a service's footprint).
-                    Some(Request { control, reply }) => {
+                    Some(Msg::Request(Request { control, reply })) => {
                         let r = Box::pin(self.on_control(control)).await;
                         let _ = reply.send(r);
                     }
+                    Some(Msg::Event(ev)) => Box::pin(self.on_event(ev)).await,
                     None => break,
                 },
-                Some(ev) = self.events.recv() => Box::pin(self.on_event(ev)).await,
                 _ = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => Box::pin(self.on_deadline()).await,
             }
             self.publish();
@@ -235,12 +253,12 @@ impl ServiceTask {
                 stopped.and(started)
             }
             Control::Update(info) if !matches!(self.snap.state, State::Running) => {
-                self.info = *info;
+                self.info = Arc::new(*info);
                 self.snap.info = self.info.clone();
                 Ok(())
             }
             Control::Apply(info) | Control::Update(info) => {
-                let changed = *info != self.info;
+                let changed = *info != *self.info;
                 let running = matches!(self.snap.state, State::Running);
                 if !changed && running {
                     return Ok(());
@@ -249,7 +267,7 @@ impl ServiceTask {
                 if changed {
                     self.log.note("configuration changed");
                 }
-                self.info = *info;
+                self.info = Arc::new(*info);
                 self.snap.info = self.info.clone();
                 self.backoff.reset();
                 let started = self.start(Lookup::Scan).await;
@@ -408,10 +426,10 @@ impl ServiceTask {
 
     /// Direct mode: the reaper tells us the child's exit and its status.
     fn watch_child(&self, pid: i32, exit: oneshot::Receiver<Exit>) {
-        let (gen, tx, token) = (self.gen, self.events_tx.clone(), self.gen_token.clone());
+        let (gen, tx, token) = (self.gen, self.events.clone(), self.gen_token.clone());
         tokio::spawn(async move {
             tokio::select! {
-                e = exit => { let _ = tx.send(Event::Gone { gen, pid, exit: e.ok() }); }
+                e = exit => { tx.send(Event::Gone { gen, pid, exit: e.ok() }); }
                 _ = token.cancelled() => {}
             }
         });
@@ -420,10 +438,10 @@ impl ServiceTask {
     /// Script mode and adopted programs: a pidfd tells us when each process exits.
     fn watch_pids(&self, pids: &[i32]) {
         for &pid in pids {
-            let (gen, tx, token) = (self.gen, self.events_tx.clone(), self.gen_token.clone());
+            let (gen, tx, token) = (self.gen, self.events.clone(), self.gen_token.clone());
             tokio::spawn(async move {
                 tokio::select! {
-                    _ = process::wait_exit(pid) => { let _ = tx.send(Event::Gone { gen, pid, exit: None }); }
+                    _ = process::wait_exit(pid) => { tx.send(Event::Gone { gen, pid, exit: None }); }
                     _ = token.cancelled() => {}
                 }
             });
@@ -511,12 +529,12 @@ impl ServiceTask {
                     return;
                 }
                 let timeout = Duration::from_secs(self.info.health_check.timeout);
-                let (gen, tx, token) = (self.gen, self.events_tx.clone(), self.gen_token.clone());
+                let (gen, tx, token) = (self.gen, self.events.clone(), self.gen_token.clone());
                 let (reaper, log) = (self.reaper.clone(), self.log.clone());
                 tokio::spawn(async move {
                     tokio::select! {
                         result = health::check(&probe, timeout, &reaper, &log) => {
-                            let _ = tx.send(Event::Checked { gen, result });
+                            tx.send(Event::Checked { gen, result });
                         }
                         _ = token.cancelled() => {}
                     }

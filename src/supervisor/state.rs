@@ -1,6 +1,7 @@
 //! What a service is doing, as observers see it (`TaskSnapshot`), and the pure restart-backoff
 //! arithmetic. The service task alone changes a service's state; everyone else reads snapshots.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::ServiceInfo;
@@ -77,7 +78,8 @@ impl Health {
 /// A copy of one task's state, published by its service task after every change.
 #[derive(Debug, Clone)]
 pub struct TaskSnapshot {
-    pub info: ServiceInfo,
+    /// The configuration this task runs (shared with the service task: one copy per service).
+    pub info: Arc<ServiceInfo>,
     pub state: State,
     pub start_faults: u64,
     pub stop_faults: u64,
@@ -93,7 +95,7 @@ pub struct TaskSnapshot {
 }
 
 impl TaskSnapshot {
-    pub fn new(info: ServiceInfo) -> TaskSnapshot {
+    pub fn new(info: Arc<ServiceInfo>) -> TaskSnapshot {
         TaskSnapshot {
             info,
             state: State::Stopped,
