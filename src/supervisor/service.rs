@@ -494,7 +494,7 @@ impl ServiceTask {
         }
         let delay = self.backoff.next_delay(ran_for);
         let limit = self.settings.start_limit;
-        if limit > 0 && self.backoff.attempt() > limit {
+        if limit > 0 && self.backoff.attempt() >= limit {
             let msg = format!("gave up after {limit} consecutive failures (START_LIMIT)");
             self.log.note(&msg);
             tracing::error!(service = %self.info.name, "{msg}");

@@ -339,3 +339,64 @@ fn systemd_hears_ready_watchdog_and_stopping_and_children_do_not() {
         }
     }
 }
+
+#[test]
+fn a_start_limit_gives_up_and_says_so() {
+    let f = Fixture::with_config("START_LIMIT: 2\n");
+    f.write_services(&json!([f.direct_service("doomed", 0, &["--exit-after", "0", "--exit-code", "1"])]));
+    let n = f.start();
+    let t = n.wait_state("doomed", 5);
+    assert!(t["LastError"].as_str().unwrap().contains("gave up after 2 consecutive failures"), "{t}");
+    assert_eq!(t["Restarts"], 1, "two runs: the first start and one restart");
+    assert!(f.pids_of("doomed").is_empty());
+}
+
+#[test]
+fn direct_mode_runs_as_the_user_with_the_env_and_stops_with_the_stop_signal() {
+    let f = Fixture::new();
+    // The temp directory is private to root; the program must be reachable for `nobody`.
+    std::fs::set_permissions(f.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut svc = f.direct_service("tuned", 0, &["--ignore-term"]);
+    svc["script"]["user"] = json!("nobody");
+    svc["script"]["env"] = json!({"FLIGHT_PHASE": "cruise"});
+    svc["script"]["stopSignal"] = json!("SIGINT");
+    f.write_services(&json!([svc]));
+    let n = f.start();
+    let pid = n.wait_running("tuned")[0];
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap().split_whitespace().nth(1).unwrap().to_string();
+    assert_eq!(uid, air_nanny::process::lookup_user("nobody").unwrap().0.to_string());
+    let environ = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap()).into_owned();
+    assert!(environ.split('\0').any(|e| e == "FLIGHT_PHASE=cruise"), "{environ}");
+    // It ignores SIGTERM, so only the configured SIGINT stops it cleanly (no fault, no SIGKILL).
+    let t = n.ok("POST", "/task/stop?name=tuned", None);
+    assert_eq!((t["State"].as_u64(), t["StopFaultNum"].as_u64()), (Some(0), Some(0)), "{t}");
+    assert!(!alive(pid));
+}
+
+#[test]
+fn a_removed_task_stays_unsupervised_across_a_restart_until_started() {
+    let f = Fixture::new();
+    f.write_services(&json!([f.direct_service("kept", 0, &[]), f.direct_service("dropped", 0, &[])]));
+    let mut n = f.start();
+    n.wait_running("kept");
+    n.wait_running("dropped");
+    n.ok("DELETE", "/task/del?name=dropped", None);
+    assert!(f.pids_of("dropped").is_empty());
+    assert_eq!(n.terminate().code(), Some(0));
+    let mut n = f.start();
+    n.wait_running("kept");
+    let names: Vec<String> = n
+        .ok("GET", "/task/get", None)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["ServiceInfo"]["name"].to_string())
+        .collect();
+    assert_eq!(names, vec!["\"kept\""], "the removed task is not supervised after a restart");
+    assert!(f.pids_of("dropped").is_empty());
+    assert_eq!(n.ok("GET", "/serviceInfo/get", None).as_array().unwrap().len(), 2, "its configuration stayed");
+    n.ok("POST", "/task/start?name=dropped", None);
+    n.wait_running("dropped");
+    assert_eq!(n.terminate().code(), Some(0));
+}
