@@ -27,13 +27,21 @@ pub fn parse_signal(name: &str) -> Option<Signal> {
 /// replaced on disk, shown as `(deleted)`, still counts) and, for interpreted programs, by argv
 /// (`interpreter program …`). Zombies and air-nanny itself are never included.
 pub fn find_program(program: &Path) -> Vec<i32> {
+    find_program_after(program, 0)
+}
+
+/// [`find_program`] among the processes whose pid is above `after` only: where a start script has
+/// just daemonised the program, the newcomer is found without reading every process's `exe`.
+/// Pids wrap around, so an empty answer means "look everywhere", not "absent".
+pub fn find_program_after(program: &Path, after: i32) -> Vec<i32> {
     let want = program.as_os_str().as_bytes();
     let mut pids = Vec::new();
-    scan(|pid, path| {
+    scan_after(after, |pid, path| {
         if path == want {
             pids.push(pid);
         }
     });
+    pids.sort_unstable();
     pids.dedup();
     pids
 }
@@ -65,7 +73,11 @@ impl ProcTable {
 
 /// Calls `found(pid, path)` for each path a live process stands for: its executable (without a
 /// ` (deleted)` suffix) and, when that is an interpreter, the script it runs.
-fn scan(mut found: impl FnMut(i32, &[u8])) {
+fn scan(found: impl FnMut(i32, &[u8])) {
+    scan_after(0, found)
+}
+
+fn scan_after(after: i32, mut found: impl FnMut(i32, &[u8])) {
     let me = std::process::id() as i32;
     let Ok(dir) = std::fs::read_dir("/proc") else { return };
     let mut buf = PathBuf::new();
@@ -74,7 +86,7 @@ fn scan(mut found: impl FnMut(i32, &[u8])) {
         let Some(pid) = std::str::from_utf8(name.as_bytes()).ok().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
-        if pid == me {
+        if pid == me || pid <= after {
             continue;
         }
         buf.clear();
@@ -232,6 +244,9 @@ mod tests {
         let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
         let sleep = std::fs::read_link(format!("/proc/{}/exe", child.id())).unwrap();
         assert!(find_program(&sleep).contains(&(child.id() as i32)));
+        let pid = child.id() as i32;
+        assert!(find_program_after(&sleep, pid - 1).contains(&pid));
+        assert!(!find_program_after(&sleep, pid).contains(&pid), "only newer pids are read");
         child.kill().unwrap();
         // Another test's reaper may collect the zombie first; either way it is gone.
         let _ = child.wait();

@@ -319,14 +319,18 @@ impl ServiceTask {
         let deadline = Instant::now() + self.settings.start_timeout_of(&self.info);
         let command = self.info.script.start_command.clone();
         self.log.note(&format!("start: {} {command}", script.display()));
-        let exit = self.run_script(&script, &command, deadline).await?;
+        let (script_pid, exit) = self.run_script_pid(&script, &command, deadline).await?;
         if !exit.success() {
             return Err(format!("start command {} {command} failed: {exit}", script.display()));
         }
-        // The script has daemonised the program; it usually runs already. Wait for it, bounded.
+        // The script has daemonised the program; it usually runs already, under a pid newer than
+        // the script's. Wait for it, bounded.
         let mut step = Duration::from_millis(2);
         loop {
-            let pids = process::find_program(program);
+            let mut pids = process::find_program_after(program, script_pid);
+            if pids.is_empty() {
+                pids = process::find_program(program);
+            }
             if !pids.is_empty() {
                 return Ok((pids, None));
             }
@@ -345,6 +349,11 @@ impl ServiceTask {
     /// Runs the control script with `arg`, output to the service log, killed with its group at
     /// `deadline`.
     async fn run_script(&self, script: &Path, arg: &str, deadline: Instant) -> Result<Exit, String> {
+        self.run_script_pid(script, arg, deadline).await.map(|(_, exit)| exit)
+    }
+
+    /// [`Self::run_script`], also telling the script's pid.
+    async fn run_script_pid(&self, script: &Path, arg: &str, deadline: Instant) -> Result<(i32, Exit), String> {
         let mut cmd = Command::new(script);
         if !arg.is_empty() {
             cmd.arg(arg);
@@ -361,7 +370,7 @@ impl ServiceTask {
         match tokio::time::timeout_at(deadline, spawned.exit).await {
             Ok(Ok(exit)) => {
                 self.log.note(&format!("{} {arg}: {exit}", script.display()));
-                Ok(exit)
+                Ok((spawned.pid, exit))
             }
             Ok(Err(_)) => Err(format!("the exit of {} {arg} was lost", script.display())),
             Err(_) => {
