@@ -118,20 +118,11 @@ fn interpreted_script(pid: i32) -> Option<Vec<u8>> {
     cmdline.split(|b| *b == 0).skip(1).find(|a| a.first() != Some(&b'-')).map(<[u8]>::to_vec)
 }
 
+/// A zombie (or a pid that is gone): its state in /proc/PID/stat, after the command name.
 fn is_zombie(pid: i32) -> bool {
-    stat_field(pid, 0).is_none_or(|s| s == "Z" || s == "X")
-}
-
-/// A field of /proc/PID/stat after the command name: 0 = state, 1 = ppid, 2 = pgrp.
-fn stat_field(pid: i32, n: usize) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
-    after.split(' ').nth(n).map(str::to_string)
-}
-
-/// The parent of `pid`, if it is alive.
-pub fn parent_of(pid: i32) -> Option<i32> {
-    stat_field(pid, 1)?.parse().ok()
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
+    let state = stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3));
+    state.is_none_or(|s| s == "Z" || s == "X")
 }
 
 /// Whether `pid` is alive (a zombie is not).

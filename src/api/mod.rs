@@ -23,7 +23,6 @@ use axum::Router;
 use serde_json::{json, Value};
 
 pub use error::ApiError;
-pub use openapi::document as openapi_document;
 use wire::ok;
 pub use wire::TaskCache;
 

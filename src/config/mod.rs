@@ -64,21 +64,8 @@ impl Problems {
         self.items.iter().filter(|p| p.severity == Severity::Warning)
     }
 
-    /// Prefixes every context with `file` (used when a service was parsed without knowing its file).
-    pub fn in_file(mut self, file: &str) -> Problems {
-        for p in &mut self.items {
-            p.context = format!("{file}: {}", p.context);
-        }
-        self
-    }
-
     pub fn extend(&mut self, other: Problems) {
         self.items.extend(other.items);
-    }
-
-    /// The first error's field, for an API answer that names it.
-    pub fn first_error(&self) -> Option<&Problem> {
-        self.errors().next()
     }
 }
 

@@ -3,7 +3,7 @@
 //! over loopback, and waits on conditions with deadlines (never a fixed sleep).
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -314,8 +314,4 @@ pub fn kill9(pid: i64) {
 
 pub fn alive(pid: i64) -> bool {
     air_nanny::process::is_alive(pid as i32)
-}
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }
