@@ -400,3 +400,27 @@ fn a_removed_task_stays_unsupervised_across_a_restart_until_started() {
     n.wait_running("dropped");
     assert_eq!(n.terminate().code(), Some(0));
 }
+
+#[test]
+fn sigterm_during_a_slow_start_still_stops_everything() {
+    let f = Fixture::new();
+    let started = f.path("slow-started");
+    // The fixture's service, with its control script replaced by one whose start is slow.
+    let svc = f.script_service("slow", 0, false, "");
+    let script = f.path("scripts/slow.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\nstart) touch {started}; sleep 1; nohup \"$AIR_NANNY_PROGRAM\" </dev/null >/dev/null 2>&1 & ;;\nstop) pkill -f \"$AIR_NANNY_PROGRAM\" ;;\nesac\n",
+            started = started.display()
+        ),
+    )
+    .unwrap();
+    f.write_services(&json!([svc]));
+    let mut n = f.start();
+    wait_until("the start script to be running", Duration::from_secs(10), || started.exists().then_some(()));
+    // The stop signal arrives while the start command is still running.
+    let status = n.terminate();
+    assert_eq!(status.code(), Some(0), "the stop after the slow start was clean");
+    assert!(f.pids_of("slow").is_empty(), "nothing of the service is left");
+}
