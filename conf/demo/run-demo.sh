@@ -11,5 +11,5 @@ for name in timesync sensor-bus recorder telemetry preflight; do
     mv "target/demo/root/bin/.$name.new" "target/demo/root/bin/$name"
 done
 target/debug/air-nanny check --config conf/config.yaml
-echo "API: http://127.0.0.1:8090/task/get   logs: target/demo/logs/   stop: Ctrl-C"
+echo "console: http://127.0.0.1:8090/   API: http://127.0.0.1:8090/task/get   logs: target/demo/logs/   stop: Ctrl-C"
 exec target/debug/air-nanny run --config conf/config.yaml "$@"
