@@ -117,8 +117,7 @@ pub fn spawn(info: ServiceInfo, settings: Arc<Settings>, reaper: Reaper) -> Serv
         ^ (info.name.len() as u64) << 32;
     let backoff = Backoff::new(settings.backoff_base, settings.backoff_max, settings.backoff_reset, seed);
     let task = ServiceTask {
-        snap: TaskSnapshot::new(info.clone()),
-        info,
+        snap: TaskSnapshot::new(info),
         settings,
         reaper,
         log: log.clone(),
@@ -156,7 +155,6 @@ struct Run {
 }
 
 struct ServiceTask {
-    info: Arc<ServiceInfo>,
     settings: Arc<Settings>,
     reaper: Reaper,
     log: ServiceLog,
@@ -214,9 +212,13 @@ impl ServiceTask {
         }
     }
 
+    /// Publishes the snapshot when something observers can see changed (a new version invalidates
+    /// what readers derived from the old one, such as the API's cached JSON).
     fn publish(&mut self) {
-        self.snap.info = self.info.clone();
-        self.snap.pids = self.run.pids.clone();
+        self.snap.pids.clone_from(&self.run.pids);
+        if *self.snapshot_tx.borrow().as_ref() == self.snap {
+            return;
+        }
         self.snap.version += 1;
         self.snapshot_tx.send_replace(Arc::new(self.snap.clone()));
     }
@@ -253,12 +255,11 @@ impl ServiceTask {
                 stopped.and(started)
             }
             Control::Update(info) if !matches!(self.snap.state, State::Running) => {
-                self.info = Arc::new(*info);
-                self.snap.info = self.info.clone();
+                self.snap.info = Arc::new(*info);
                 Ok(())
             }
             Control::Apply(info) | Control::Update(info) => {
-                let changed = *info != *self.info;
+                let changed = *info != *self.snap.info;
                 let running = matches!(self.snap.state, State::Running);
                 if !changed && running {
                     return Ok(());
@@ -267,8 +268,7 @@ impl ServiceTask {
                 if changed {
                     self.log.note("configuration changed");
                 }
-                self.info = Arc::new(*info);
-                self.snap.info = self.info.clone();
+                self.snap.info = Arc::new(*info);
                 self.backoff.reset();
                 let started = self.start(Lookup::Scan).await;
                 stopped.and(started)
@@ -281,7 +281,7 @@ impl ServiceTask {
     async fn start(&mut self, lookup: Lookup) -> Result<(), String> {
         self.new_generation();
         self.set_state(State::Starting);
-        let program = self.settings.program_path(&self.info);
+        let program = self.settings.program_path(&self.snap.info);
         // Adopt a program that already runs (started before air-nanny, or by a previous air-nanny).
         let found = match lookup {
             Lookup::Scan => process::find_program(&program),
@@ -290,16 +290,16 @@ impl ServiceTask {
         };
         if !found.is_empty() {
             self.log.note(&format!("adopted running program {} (pids {found:?})", program.display()));
-            tracing::info!(service = %self.info.name, pids = ?found, "adopted running program");
+            tracing::info!(service = %self.snap.info.name, pids = ?found, "adopted running program");
             self.enter_running(found, None);
             return Ok(());
         }
         let result =
-            if self.info.is_direct() { self.start_direct(&program) } else { self.start_script(&program).await };
+            if self.snap.info.is_direct() { self.start_direct(&program) } else { self.start_script(&program).await };
         match result {
             Ok((pids, child_exit)) => {
                 self.snap.last_error = None;
-                tracing::info!(service = %self.info.name, pids = ?pids, "running");
+                tracing::info!(service = %self.snap.info.name, pids = ?pids, "running");
                 self.enter_running(pids, child_exit);
                 Ok(())
             }
@@ -307,7 +307,7 @@ impl ServiceTask {
                 self.snap.start_faults += 1;
                 self.snap.last_error = Some(reason.clone());
                 self.log.note(&format!("start failed: {reason}"));
-                tracing::warn!(service = %self.info.name, "start failed: {reason}");
+                tracing::warn!(service = %self.snap.info.name, "start failed: {reason}");
                 self.after_failure(Duration::ZERO);
                 Err(reason)
             }
@@ -315,9 +315,9 @@ impl ServiceTask {
     }
 
     async fn start_script(&mut self, program: &Path) -> Result<(Vec<i32>, Option<oneshot::Receiver<Exit>>), String> {
-        let script = self.settings.script_path(&self.info).expect("script mode");
-        let deadline = Instant::now() + self.settings.start_timeout_of(&self.info);
-        let command = self.info.script.start_command.clone();
+        let script = self.settings.script_path(&self.snap.info).expect("script mode");
+        let deadline = Instant::now() + self.settings.start_timeout_of(&self.snap.info);
+        let command = self.snap.info.script.start_command.clone();
         self.log.note(&format!("start: {} {command}", script.display()));
         let (script_pid, exit) = self.run_script_pid(&script, &command, deadline).await?;
         if !exit.success() {
@@ -335,7 +335,7 @@ impl ServiceTask {
                 return Ok((pids, None));
             }
             if Instant::now() >= deadline {
-                let secs = self.settings.start_timeout_of(&self.info).as_secs();
+                let secs = self.settings.start_timeout_of(&self.snap.info).as_secs();
                 return Err(format!(
                     "start command succeeded but no process of {} appeared within {secs}s",
                     program.display()
@@ -358,13 +358,13 @@ impl ServiceTask {
         if !arg.is_empty() {
             cmd.arg(arg);
         }
-        let dir = match &self.info.script.work_dir {
+        let dir = match &self.snap.info.script.work_dir {
             Some(d) => crate::config::resolve(&self.settings.work_dir, d),
             None => script.parent().map(Path::to_path_buf).unwrap_or_else(|| self.settings.work_dir.clone()),
         };
         cmd.current_dir(dir)
-            .env("AIR_NANNY_SERVICE", &self.info.name)
-            .env("AIR_NANNY_PROGRAM", self.settings.program_path(&self.info))
+            .env("AIR_NANNY_SERVICE", &self.snap.info.name)
+            .env("AIR_NANNY_PROGRAM", self.settings.program_path(&self.snap.info))
             .env("AIR_NANNY_ROOTPATH", &self.settings.rootpath);
         let spawned = self.spawn_logged(cmd).map_err(|e| format!("cannot run {}: {e}", script.display()))?;
         match tokio::time::timeout_at(deadline, spawned.exit).await {
@@ -390,9 +390,9 @@ impl ServiceTask {
     }
 
     fn start_direct(&mut self, program: &Path) -> Result<(Vec<i32>, Option<oneshot::Receiver<Exit>>), String> {
-        let s = &self.info.script;
+        let s = &self.snap.info.script;
         let mut cmd = Command::new(program);
-        cmd.args(&s.args).envs(&s.env).env("AIR_NANNY_SERVICE", &self.info.name);
+        cmd.args(&s.args).envs(&s.env).env("AIR_NANNY_SERVICE", &self.snap.info.name);
         let dir = match &s.work_dir {
             Some(d) => crate::config::resolve(&self.settings.work_dir, d),
             None => program.parent().map(Path::to_path_buf).unwrap_or_else(|| self.settings.work_dir.clone()),
@@ -411,7 +411,7 @@ impl ServiceTask {
     fn enter_running(&mut self, pids: Vec<i32>, child_exit: Option<oneshot::Receiver<Exit>>) {
         self.set_state(State::Running);
         let now = Instant::now();
-        let hc = &self.info.health_check;
+        let hc = &self.snap.info.health_check;
         self.run =
             Run { pids: pids.clone(), started: Some(now), failures: 0, in_start_period: false, next_check: None };
         if hc.is_health_check {
@@ -469,8 +469,8 @@ impl ServiceTask {
                 }
                 // A daemonised program may have handed over to another process (a re-exec, a fork):
                 // look again. A direct-mode child is the program itself, so its exit is final.
-                let program = self.settings.program_path(&self.info);
-                let others = if self.info.is_direct() { Vec::new() } else { process::find_program(&program) };
+                let program = self.settings.program_path(&self.snap.info);
+                let others = if self.snap.info.is_direct() { Vec::new() } else { process::find_program(&program) };
                 if !others.is_empty() {
                     self.run.pids = others.clone();
                     self.watch_pids(&others);
@@ -478,10 +478,10 @@ impl ServiceTask {
                 }
                 let how = exit.map(|e| e.to_string()).unwrap_or_else(|| "exited".into());
                 self.log.note(&format!("program {} ended ({how})", program.display()));
-                if self.info.is_daemon {
-                    tracing::warn!(service = %self.info.name, "program ended ({how})");
+                if self.snap.info.is_daemon {
+                    tracing::warn!(service = %self.snap.info.name, "program ended ({how})");
                 } else {
-                    tracing::info!(service = %self.info.name, "one-shot program ended ({how})");
+                    tracing::info!(service = %self.snap.info.name, "one-shot program ended ({how})");
                 }
                 let ran = self.run.started.map(|s| s.elapsed()).unwrap_or_default();
                 self.kill_leftovers(&[pid]);
@@ -496,7 +496,7 @@ impl ServiceTask {
 
     /// After the program died or failed to start: back off and restart (daemon), or stay down.
     fn after_failure(&mut self, ran_for: Duration) {
-        if !self.info.is_daemon {
+        if !self.snap.info.is_daemon {
             let state = if self.snap.start_faults > 0 && ran_for.is_zero() { State::Failed } else { State::Exited };
             self.set_state(state);
             return;
@@ -506,7 +506,7 @@ impl ServiceTask {
         if limit > 0 && self.backoff.attempt() >= limit {
             let msg = format!("gave up after {limit} consecutive failures (START_LIMIT)");
             self.log.note(&msg);
-            tracing::error!(service = %self.info.name, "{msg}");
+            tracing::error!(service = %self.snap.info.name, "{msg}");
             self.snap.last_error = Some(msg);
             self.set_state(State::Failed);
             return;
@@ -531,13 +531,13 @@ impl ServiceTask {
             }
             State::Running if self.run.next_check.is_some_and(|c| c <= now) => {
                 self.run.next_check = None;
-                let probe = self.info.health_check.probe();
+                let probe = self.snap.info.health_check.probe();
                 if probe == Probe::ProcessAlive {
                     let result = self.process_alive();
                     self.on_check(result).await;
                     return;
                 }
-                let timeout = Duration::from_secs(self.info.health_check.timeout);
+                let timeout = Duration::from_secs(self.snap.info.health_check.timeout);
                 let (gen, tx, token) = (self.gen, self.events.clone(), self.gen_token.clone());
                 let (reaper, log) = (self.reaper.clone(), self.log.clone());
                 tokio::spawn(async move {
@@ -557,7 +557,7 @@ impl ServiceTask {
     fn process_alive(&mut self) -> Result<(), String> {
         self.run.pids.retain(|p| process::is_alive(*p));
         if self.run.pids.is_empty() {
-            let found = process::find_program(&self.settings.program_path(&self.info));
+            let found = process::find_program(&self.settings.program_path(&self.snap.info));
             self.watch_pids(&found);
             self.run.pids = found;
         }
@@ -569,7 +569,7 @@ impl ServiceTask {
     }
 
     async fn on_check(&mut self, result: Result<(), String>) {
-        let hc = self.info.health_check.clone();
+        let hc = self.snap.info.health_check.clone();
         let now = Instant::now();
         let in_period = self.run.in_start_period
             && self.run.started.is_some_and(|s| now < s + Duration::from_secs(hc.start_period));
@@ -592,8 +592,8 @@ impl ServiceTask {
                 if self.run.failures >= hc.retries {
                     self.snap.health = Health::Unhealthy;
                     self.snap.last_error = Some(format!("unhealthy: {reason}"));
-                    tracing::warn!(service = %self.info.name, "unhealthy after {} failed checks: {reason}", hc.retries);
-                    if self.info.is_daemon {
+                    tracing::warn!(service = %self.snap.info.name, "unhealthy after {} failed checks: {reason}", hc.retries);
+                    if self.snap.info.is_daemon {
                         self.publish();
                         self.log.note("unhealthy: restarting");
                         let ran = self.run.started.map(|s| s.elapsed()).unwrap_or_default();
@@ -616,7 +616,7 @@ impl ServiceTask {
         let mut pids = std::mem::take(&mut self.run.pids);
         self.new_generation();
         self.backoff_until = None;
-        let program = self.settings.program_path(&self.info);
+        let program = self.settings.program_path(&self.snap.info);
         if was != State::Running {
             // Nothing of ours should run; but a process of the program may (started by hand).
             pids = process::find_program(&program);
@@ -627,11 +627,11 @@ impl ServiceTask {
         }
         self.set_state(State::Stopping);
         let groups: Vec<i32> = pids.iter().filter_map(|p| process::pgid_of(*p)).collect();
-        let timeout = self.settings.stop_timeout_of(&self.info);
+        let timeout = self.settings.stop_timeout_of(&self.snap.info);
         let deadline = Instant::now() + timeout;
         let mut fault: Option<String> = None;
-        if let Some(script) = self.settings.script_path(&self.info) {
-            let command = self.info.script.stop_command.clone();
+        if let Some(script) = self.settings.script_path(&self.snap.info) {
+            let command = self.snap.info.script.stop_command.clone();
             self.log.note(&format!("stop: {} {command}", script.display()));
             match self.run_script(&script, &command, deadline).await {
                 Ok(exit) if exit.success() => {}
@@ -640,7 +640,7 @@ impl ServiceTask {
             }
         } else {
             let sig =
-                self.info.script.stop_signal.as_deref().and_then(process::parse_signal).unwrap_or(Signal::SIGTERM);
+                self.snap.info.script.stop_signal.as_deref().and_then(process::parse_signal).unwrap_or(Signal::SIGTERM);
             self.log.note(&format!("stop: sending {sig}"));
             process::signal_all(&pids, sig);
         }
@@ -648,7 +648,7 @@ impl ServiceTask {
         let mut left: Vec<i32> = pids.iter().copied().filter(|p| process::is_alive(*p)).collect();
         // A daemonised program may live on under another pid (a re-exec, a fork); a direct-mode
         // child is the program itself, and its process group is killed below.
-        if !self.info.is_direct() {
+        if !self.snap.info.is_direct() {
             for p in process::find_program(&program) {
                 if !left.contains(&p) {
                     left.push(p);
@@ -660,7 +660,7 @@ impl ServiceTask {
             let why = format!("program still running {}s after stop; killing it", timeout.as_secs());
             self.log.note(&why);
             fault.get_or_insert(why);
-            if self.settings.script_path(&self.info).is_some() {
+            if self.settings.script_path(&self.snap.info).is_some() {
                 process::signal_all(&left, Signal::SIGTERM);
                 if !process::wait_all_exit(&left, Instant::now() + self.settings.kill_grace).await {
                     process::signal_all(&left, Signal::SIGKILL);
@@ -679,7 +679,7 @@ impl ServiceTask {
             Some(reason) => {
                 self.snap.stop_faults += 1;
                 self.snap.last_error = Some(reason.clone());
-                tracing::warn!(service = %self.info.name, "stop fault: {reason}");
+                tracing::warn!(service = %self.snap.info.name, "stop fault: {reason}");
                 Err(reason)
             }
             None => {
@@ -691,7 +691,7 @@ impl ServiceTask {
 
     /// After the program ended on its own: nothing else of its process group may stay behind.
     fn kill_leftovers(&self, pids: &[i32]) {
-        if self.info.is_direct() {
+        if self.snap.info.is_direct() {
             for &p in pids {
                 process::signal_group(p, Signal::SIGKILL);
             }

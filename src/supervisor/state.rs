@@ -94,6 +94,22 @@ pub struct TaskSnapshot {
     pub version: u64,
 }
 
+/// Equal when everything but `version` is: what decides whether a change is worth publishing.
+impl PartialEq for TaskSnapshot {
+    fn eq(&self, o: &Self) -> bool {
+        (Arc::ptr_eq(&self.info, &o.info) || self.info == o.info)
+            && self.state == o.state
+            && self.start_faults == o.start_faults
+            && self.stop_faults == o.stop_faults
+            && self.pids == o.pids
+            && self.restarts == o.restarts
+            && self.health == o.health
+            && self.since == o.since
+            && self.last_exit == o.last_exit
+            && self.last_error == o.last_error
+    }
+}
+
 impl TaskSnapshot {
     pub fn new(info: Arc<ServiceInfo>) -> TaskSnapshot {
         TaskSnapshot {
@@ -187,6 +203,17 @@ mod tests {
         }
         assert!(b.next_delay(s(1)) >= s(8), "stays at the cap");
         assert_eq!(b.next_delay(s(61)), Duration::ZERO, "a long healthy run resets it");
+    }
+
+    #[test]
+    fn snapshots_compare_without_their_version() {
+        let info = Arc::new(ServiceInfo::from_json(br#"{"name":"a","script":{"programFilePath":"/a"}}"#).unwrap());
+        let a = TaskSnapshot::new(info);
+        let mut b = a.clone();
+        b.version += 5;
+        assert_eq!(a, b, "a new version alone is no change");
+        b.pids = vec![7];
+        assert_ne!(a, b);
     }
 
     #[test]
