@@ -11,10 +11,14 @@
 //! - [`health`]: one health probe (CMD, CMD-SHELL, HTTP, TCP).
 //! - [`logfile`]: size-rotated per-service logs.
 //! - [`api`]: the REST API (axum); [`ctl`]: its command-line client; [`http`]: a tiny HTTP client.
+//! - [`allow`]: what a request may make air-nanny run; [`audit`]: the trail of every change;
+//!   [`tls`]: TLS on the API (rustls) and ctl's client side.
 //! - [`notify`]: sd_notify readiness and watchdog.
 
+pub mod allow;
 pub mod api;
 pub mod atomic;
+pub mod audit;
 pub mod config;
 pub mod ctl;
 pub mod health;
@@ -25,6 +29,7 @@ pub mod process;
 pub mod reaper;
 pub mod store;
 pub mod supervisor;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -44,8 +49,6 @@ pub enum StartupError {
     Config(config::Problems),
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    #[error("refusing to start: SERVER_ADDR {0} is not a loopback address and no API_TOKEN_FILE is set; the API can start programs, so it is never opened to the network without a token")]
-    OpenToNetwork(std::net::IpAddr),
     #[error("refusing to start: {0}")]
     Token(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -65,9 +68,6 @@ pub fn prepare(config_path: &std::path::Path) -> Result<(Settings, ConfigStore, 
         tracing::warn!("{w}");
     }
     let tokens = api::Tokens::load(&settings).map_err(StartupError::Token)?;
-    if !settings.addr.is_loopback() && tokens.write.is_none() {
-        return Err(StartupError::OpenToNetwork(settings.addr));
-    }
     let (store, report) = ConfigStore::load(&settings.services_file)?;
     if let Some(reason) = report.fell_back {
         tracing::error!(
@@ -100,17 +100,25 @@ pub async fn run(
     // Handlers are installed before the first service starts, so no stop signal is ever missed.
     let signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|source| StartupError::Setup { what: "signal handling", source })?;
+    let tls = match &settings.tls {
+        Some(files) => Some(tls::TlsState::load(files.clone()).map_err(StartupError::Token)?),
+        None => None,
+    };
+    let listener = tls::ApiListener::new(listener, tls.clone())
+        .map_err(|source| StartupError::Setup { what: "the API listener", source })?;
+    let security = api::Security::new(settings.clone(), tokens, tls);
     let (sup, supervisor_done) = Supervisor::start(settings.clone(), store.clone(), reaper, shutdown.clone());
-    spawn_signal_task(signals, sup.clone(), shutdown.clone());
+    spawn_signal_task(signals, sup.clone(), security.clone(), shutdown.clone());
 
     let state = api::AppState {
         settings: settings.clone(),
         store,
         supervisor: sup.clone(),
-        tokens: Arc::new(tokens),
+        security,
         task_cache: Arc::default(),
+        audit: audit::Audit::new(&settings.state_dir),
     };
-    let app = api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = api::router(state).into_make_service_with_connect_info::<tls::Peer>();
     let api_shutdown = shutdown.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, app).with_graceful_shutdown(async move { api_shutdown.cancelled().await }).await
@@ -131,12 +139,23 @@ pub async fn run(
     Ok(report)
 }
 
-/// SIGTERM/SIGINT cancel the root token (a second one exits at once); SIGHUP reloads services.json.
-fn spawn_signal_task(mut signals: signal_hook_tokio::Signals, sup: Supervisor, shutdown: CancellationToken) {
+/// SIGTERM/SIGINT cancel the root token (a second one exits at once); SIGHUP reloads services.json,
+/// the token files and the TLS certificates.
+fn spawn_signal_task(
+    mut signals: signal_hook_tokio::Signals,
+    sup: Supervisor,
+    security: Arc<api::Security>,
+    shutdown: CancellationToken,
+) {
     tokio::spawn(async move {
         while let Some(sig) = signals.next().await {
             match sig {
                 SIGHUP => {
+                    let sec = security.clone();
+                    let problems = tokio::task::spawn_blocking(move || sec.reload()).await.unwrap_or_default();
+                    for p in &problems {
+                        tracing::error!("SIGHUP: {p}; the previous one stays in force");
+                    }
                     let sup = sup.clone();
                     tokio::spawn(async move {
                         match sup.reload().await {

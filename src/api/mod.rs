@@ -9,13 +9,12 @@ mod openapi;
 mod wire;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{ConnectInfo, RawQuery, Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, MethodRouter};
@@ -26,11 +25,14 @@ pub use error::ApiError;
 use wire::ok;
 pub use wire::TaskCache;
 
-use crate::config::{Probe, ServiceInfo, Settings};
+use crate::allow::Policy;
+use crate::audit::{Audit, Record};
+use crate::config::{ServiceInfo, Settings};
 use crate::store::{ConfigStore, StoreError};
 use crate::supervisor::{Supervisor, SupervisorError, Verb};
+use crate::tls::{Peer, TlsState};
 
-/// The bearer tokens: `write` may do everything, `read` only GET requests.
+/// The bearer tokens: `write` may do everything, `read` only GET and HEAD requests.
 #[derive(Clone, Default)]
 pub struct Tokens {
     pub write: Option<String>,
@@ -38,16 +40,10 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// Reads the token files named in config.yaml. An empty or unreadable file is an error.
+    /// Reads the token files named in config.yaml. An empty, short or unreadable file is an error.
     pub fn load(settings: &Settings) -> Result<Tokens, String> {
-        let read_one = |p: &Option<PathBuf>, key: &str| -> Result<Option<String>, String> {
-            let Some(p) = p else { return Ok(None) };
-            let text = std::fs::read_to_string(p).map_err(|e| format!("{key}: cannot read {}: {e}", p.display()))?;
-            let token = text.trim().to_string();
-            if token.len() < 16 {
-                return Err(format!("{key}: the token in {} must be at least 16 characters", p.display()));
-            }
-            Ok(Some(token))
+        let read_one = |p: &Option<std::path::PathBuf>, key: &str| -> Result<Option<String>, String> {
+            p.as_deref().map(crate::config::read_token).transpose().map_err(|e| format!("{key}: {e}"))
         };
         Ok(Tokens {
             write: read_one(&settings.api_token_file, "API_TOKEN_FILE")?,
@@ -60,14 +56,82 @@ impl Tokens {
     }
 }
 
+/// The API's security state, re-read on SIGHUP: the tokens and the TLS configuration.
+pub struct Security {
+    settings: Arc<Settings>,
+    tokens: RwLock<Tokens>,
+    pub tls: Option<Arc<TlsState>>,
+    refusals: Mutex<RefusalLog>,
+}
+
+impl Security {
+    pub fn new(settings: Arc<Settings>, tokens: Tokens, tls: Option<Arc<TlsState>>) -> Arc<Security> {
+        Arc::new(Security { settings, tokens: RwLock::new(tokens), tls, refusals: Mutex::default() })
+    }
+
+    fn tokens(&self) -> Tokens {
+        self.tokens.read().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Re-reads the token files and the TLS files (SIGHUP). What cannot be read is reported and the
+    /// old value stays in force; nothing is half-applied.
+    pub fn reload(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        match Tokens::load(&self.settings) {
+            Ok(t) => {
+                if let Ok(mut w) = self.tokens.write() {
+                    *w = t;
+                }
+            }
+            Err(e) => errors.push(format!("tokens not reloaded: {e}")),
+        }
+        if let Some(tls) = &self.tls {
+            if let Err(e) = tls.reload(None) {
+                errors.push(format!("TLS not reloaded: {e}"));
+            }
+        }
+        errors
+    }
+}
+
+/// Wrong tokens are logged with the peer's address, at most [`REFUSALS_PER_WINDOW`] lines per
+/// ten seconds; the rest are counted and summed up in the next window.
+#[derive(Default)]
+struct RefusalLog {
+    window: Option<Instant>,
+    logged: u32,
+    suppressed: u32,
+}
+
+const REFUSALS_PER_WINDOW: u32 = 5;
+
+impl RefusalLog {
+    fn note(&mut self, peer: &str, method: &Method, path: &str, why: &str) {
+        let now = Instant::now();
+        if self.window.is_none_or(|w| now.duration_since(w) > Duration::from_secs(10)) {
+            if self.suppressed > 0 {
+                tracing::warn!("{} more requests were refused for a missing or wrong token", self.suppressed);
+            }
+            *self = RefusalLog { window: Some(now), logged: 0, suppressed: 0 };
+        }
+        if self.logged < REFUSALS_PER_WINDOW {
+            self.logged += 1;
+            tracing::warn!(%peer, %method, %path, "refused: {why}");
+        } else {
+            self.suppressed += 1;
+        }
+    }
+}
+
 /// What the handlers share: handles only.
 #[derive(Clone)]
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub store: ConfigStore,
     pub supervisor: Supervisor,
-    pub tokens: Arc<Tokens>,
+    pub security: Arc<Security>,
     pub task_cache: Arc<TaskCache>,
+    pub audit: Audit,
 }
 
 /// Every route: method, path, handler. The router and the OpenAPI test both read this list.
@@ -86,6 +150,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::POST, "/task/restart", post(task_restart)),
         (Method::GET, "/task/logs", get(task_logs)),
         (Method::POST, "/reload", post(reload)),
+        (Method::GET, "/audit", get(audit)),
         (Method::GET, "/health", get(health)),
         (Method::GET, "/openapi.json", get(openapi)),
         (Method::GET, "/", get(console)),
@@ -116,47 +181,201 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Authentication (bearer token, constant-time compare) and the audit log of mutating calls.
-async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.to_string()).unwrap_or_else(|| "-".into());
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    // Liveness, and the console's page itself (it holds no data and asks for the token).
-    let open = path == "/health" || path == "/";
-    if state.tokens.any() && !open {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let is = |t: &Option<String>| matches!((t, given), (Some(t), Some(g)) if constant_time_eq(t.as_bytes(), g.as_bytes()));
-        if is(&state.tokens.write) {
-        } else if is(&state.tokens.read) {
-            if method != Method::GET {
-                tracing::warn!(%peer, %method, %path, "refused: read-only token on a mutating call");
-                return ApiError::new(StatusCode::FORBIDDEN, "this token is read-only").into_response();
-            }
-        } else {
-            tracing::warn!(%peer, %method, %path, "refused: missing or wrong token");
-            let msg = if given.is_some() { "wrong token" } else { "missing Authorization: Bearer token" };
-            return ApiError::new(StatusCode::UNAUTHORIZED, msg).into_response();
+/// Who made a request, as the guard established it (handlers read it from the request's
+/// extensions; the audit trail records it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// The write token, or a client certificate (with TLS client authentication).
+    Write(String),
+    /// The read-only token.
+    Read,
+    /// No token configured and no client certificate: loopback only, by configuration.
+    Anonymous,
+    /// Tokens are configured and none was given (only `/health` and `/` answer).
+    Unauthenticated,
+}
+
+impl Identity {
+    fn label(&self) -> String {
+        match self {
+            Identity::Write(who) => who.clone(),
+            Identity::Read => "read".into(),
+            Identity::Anonymous => "anonymous".into(),
+            Identity::Unauthenticated => "unauthenticated".into(),
         }
     }
-    let mutating = method != Method::GET;
-    let query = req.uri().query().unwrap_or_default().to_string();
-    let resp = next.run(req).await;
-    if mutating {
-        tracing::info!(%peer, %method, %path, query = %query, status = resp.status().as_u16(), "api call");
+}
+
+/// The service a mutating handler acted on, for the audit trail.
+#[derive(Clone)]
+struct AuditService(String);
+
+/// Browser safety, authentication, and the audit trail of every change.
+async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let peer_info = req.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0.clone());
+    let peer = peer_info.as_ref().map(|p| p.addr.to_string()).unwrap_or_else(|| "-".into());
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if let Err(e) = browser_check(&state, req.headers(), mutating) {
+        tracing::warn!(%peer, %method, %path, "refused: {}", e.msg);
+        return e.into_response();
+    }
+    // Liveness, and the console's page itself (it holds no data and asks for the token).
+    let open = path == "/health" || path == "/";
+    let identity = match identify(&state.security, req.headers(), peer_info.as_ref()) {
+        Ok(id) => id,
+        Err(why) if open => {
+            let _ = why;
+            Identity::Unauthenticated
+        }
+        Err(why) => {
+            if let Ok(mut log) = state.security.refusals.lock() {
+                log.note(&peer, &method, &path, why);
+            }
+            return ApiError::new(StatusCode::UNAUTHORIZED, why).into_response();
+        }
+    };
+    if identity == Identity::Read && mutating {
+        tracing::warn!(%peer, %method, %path, "refused: read-only token on a mutating call");
+        return ApiError::new(StatusCode::FORBIDDEN, "this token is read-only").into_response();
+    }
+    req.extensions_mut().insert(identity.clone());
+    let query_name = query(req.uri().query().map(str::to_string)).remove("name");
+    let mut resp = next.run(req).await;
+    if mutating && !open {
+        let service = resp.extensions_mut().remove::<AuditService>().map(|s| s.0).or(query_name);
+        let status = resp.status();
+        let (resp, result) = if status.is_success() { (resp, "SUCCESS".to_string()) } else { envelope_msg(resp).await };
+        let record = Record {
+            time: crate::audit::rfc3339(SystemTime::now()),
+            peer,
+            identity: identity.label(),
+            method: method.to_string(),
+            endpoint: path,
+            service,
+            status: status.as_u16(),
+            result,
+        };
+        tracing::info!(peer = %record.peer, identity = %record.identity, method = %record.method, path = %record.endpoint, service = record.service.as_deref().unwrap_or("-"), status = record.status, "api change");
+        if let Err(e) = state.audit.append(record).await {
+            // The change is made; its answer says the trail could not record it.
+            tracing::error!("cannot write the audit trail {}: {e}", state.audit.path().display());
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the change was made but the audit trail could not record it: {e}"),
+            )
+            .into_response();
+        }
+        return resp;
     }
     resp
 }
 
-/// Compares without an early exit, so the time taken does not reveal how much of a token matched.
+/// The `msg` of an error envelope (the response is rebuilt from the same bytes).
+async fn envelope_msg(resp: Response) -> (Response, String) {
+    let (parts, body) = resp.into_parts();
+    let bytes = to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let msg = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("msg").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_default();
+    (Response::from_parts(parts, Body::from(bytes)), msg)
+}
+
+/// The token (or client certificate) a request carries, checked.
+fn identify(security: &Security, headers: &HeaderMap, peer: Option<&Peer>) -> Result<Identity, &'static str> {
+    if let Some(subject) = peer.and_then(|p| p.cert_subject.clone()) {
+        // The TLS handshake verified it against API_TLS_CLIENT_CA.
+        return Ok(Identity::Write(format!("cert:{subject}")));
+    }
+    let tokens = security.tokens();
+    let client_certs = security.tls.as_ref().is_some_and(|t| t.requires_client_cert());
+    if !tokens.any() {
+        return if client_certs { Err("a client certificate is required") } else { Ok(Identity::Anonymous) };
+    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    let Some(given) = given else { return Err("missing Authorization: Bearer token") };
+    let is = |t: &Option<String>| t.as_ref().is_some_and(|t| constant_time_eq(t.as_bytes(), given.as_bytes()));
+    if is(&tokens.write) {
+        Ok(Identity::Write("write".into()))
+    } else if is(&tokens.read) {
+        Ok(Identity::Read)
+    } else {
+        Err("wrong token")
+    }
+}
+
+/// Refuses what a web page in a browser could send without the user meaning to: a `Host` the API
+/// is not (DNS rebinding), a foreign `Origin`, and a write whose body is not declared JSON (a form
+/// or `text/plain` needs no CORS preflight). Body-less writes without a Content-Type stay allowed:
+/// the seed's clients send `DELETE …?name=` like that, and a browser always adds `Origin` to a
+/// cross-site write.
+fn browser_check(state: &AppState, headers: &HeaderMap, mutating: bool) -> Result<(), ApiError> {
+    let host = headers.get(header::HOST).map(|h| h.to_str().unwrap_or("\u{0}"));
+    if let Some(host) = host {
+        if !host_allowed(&state.settings, host) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("Host: {host:?} is not this API's address or one of API_HOST_NAMES"),
+            ));
+        }
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        let scheme = if state.security.tls.is_some() { "https" } else { "http" };
+        let same = host.is_some_and(|h| origin.eq_ignore_ascii_case(&format!("{scheme}://{h}")));
+        if !same {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("Origin: {origin:?} is not this API's own origin"),
+            ));
+        }
+    }
+    if mutating {
+        let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or_default());
+        let has_body = headers.get(header::TRANSFER_ENCODING).is_some()
+            || headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() != "0");
+        let json = content_type
+            .is_some_and(|ct| ct.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case("application/json"));
+        if (content_type.is_some() || has_body) && !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "Content-Type: {:?}; a write must be sent as application/json",
+                    content_type.unwrap_or("(none)")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The bound address (any, when bound to all addresses), loopback addresses and names, and
+/// `API_HOST_NAMES`; the port is not compared (a proxy may forward).
+fn host_allowed(settings: &Settings, host: &str) -> bool {
+    let name = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+    };
+    if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+        return ip.is_loopback() || ip == settings.addr || settings.addr.is_unspecified();
+    }
+    name.eq_ignore_ascii_case("localhost") || settings.api_host_names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Compares without an early exit over the whole of both, so the time taken does not reveal how
+/// much of a token matched, and no length difference is folded away.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
-    for (i, x) in a.iter().enumerate() {
-        diff |= x ^ b.get(i).copied().unwrap_or(0);
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
     }
     diff == 0
 }
@@ -200,8 +419,10 @@ fn name_param(raw: Option<String>) -> Result<String, ApiError> {
     Ok(name.clone())
 }
 
-/// The request body as a service object: size-limited, every problem named.
-async fn service_body(state: &AppState, body: Body) -> Result<ServiceInfo, ApiError> {
+/// The request body as a service object: size-limited, every problem named (400), its paths
+/// resolved once and checked against the allow-list (403). Returns the policy it passed, which the
+/// service task applies again to the paths it resolves at every start.
+async fn service_body(state: &AppState, body: Body) -> Result<(ServiceInfo, Policy), ApiError> {
     let bytes = to_bytes(body, state.settings.api_body_limit).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -212,104 +433,10 @@ async fn service_body(state: &AppState, body: Body) -> Result<ServiceInfo, ApiEr
         let msg = problems.errors().map(|p| p.to_string()).collect::<Vec<_>>().join("; ");
         ApiError::new(StatusCode::BAD_REQUEST, msg)
     })?;
-    check_allowed(&state.settings, &info)?;
-    Ok(info)
-}
-
-/// Refuses (403) a service that would run anything outside the allowed directories: its script,
-/// its program, a CMD check's program; and what cannot be confined (shell checks, loader variables).
-pub fn check_allowed(settings: &Settings, info: &ServiceInfo) -> Result<(), ApiError> {
-    let allowed: Vec<PathBuf> =
-        settings.allowed_dirs.iter().map(|d| real_path(d).unwrap_or_else(|_| d.clone())).collect();
-    let mut paths: Vec<(&str, PathBuf)> = Vec::new();
-    if !info.is_direct() {
-        paths.push(("script.execPath", raw_join(&settings.work_dir, &info.script.exec_path)));
-    }
-    let program = info.script.program_file_path.trim_start_matches('/');
-    paths.push(("script.programFilePath", settings.rootpath.join(program)));
-    if info.health_check.is_health_check {
-        match info.health_check.probe() {
-            Probe::Cmd(argv) => {
-                if !argv[0].contains('/') {
-                    return Err(ApiError::forbidden(
-                        "healthCheck.test",
-                        format!("{:?} must be a path under the allowed directories, not a name looked up in PATH", argv[0]),
-                    ));
-                }
-                paths.push(("healthCheck.test", raw_join(&settings.work_dir, &argv[0])));
-            }
-            Probe::Shell(_) => {
-                return Err(ApiError::forbidden(
-                    "healthCheck.test",
-                    "CMD-SHELL runs arbitrary shell text and cannot be set over the API; use [\"CMD\", program under the allowed directories, …], HTTP or TCP",
-                ))
-            }
-            _ => {}
-        }
-    }
-    if let Some(k) = info.script.env.keys().find(|k| k.starts_with("LD_")) {
-        return Err(ApiError::forbidden(
-            "script.env",
-            format!("{k} would load code from outside the allowed directories"),
-        ));
-    }
-    for (field, p) in paths {
-        let real = real_path(&p).map_err(|reason| ApiError::forbidden(field, reason))?;
-        if !allowed.iter().any(|a| real.starts_with(a)) {
-            let dirs: Vec<String> = allowed.iter().map(|d| d.display().to_string()).collect();
-            return Err(ApiError::forbidden(
-                field,
-                format!(
-                    "{} resolves to {}, outside the allowed directories ({})",
-                    p.display(),
-                    real.display(),
-                    dirs.join(", ")
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn raw_join(base: &Path, p: &str) -> PathBuf {
-    if Path::new(p).is_absolute() {
-        PathBuf::from(p)
-    } else {
-        base.join(p)
-    }
-}
-
-/// Where `p` really leads: the longest existing prefix resolved by the kernel (symlinks and `..`),
-/// plus the rest, which may not contain `..`.
-fn real_path(p: &Path) -> Result<PathBuf, String> {
-    let mut existing = p.to_path_buf();
-    let mut rest = Vec::new();
-    loop {
-        match std::fs::canonicalize(&existing) {
-            Ok(real) => {
-                let mut out = real;
-                for part in rest.iter().rev() {
-                    out.push(part);
-                }
-                return Ok(out);
-            }
-            Err(_) => {
-                let name = existing.file_name().map(|n| n.to_os_string());
-                match (name, existing.components().next_back()) {
-                    (_, Some(Component::ParentDir)) => {
-                        return Err(format!("{} uses '..' in a part that does not exist", p.display()))
-                    }
-                    (Some(n), _) => {
-                        rest.push(n);
-                        if !existing.pop() {
-                            return Err(format!("{} cannot be resolved", p.display()));
-                        }
-                    }
-                    (None, _) => return Err(format!("{} cannot be resolved", p.display())),
-                }
-            }
-        }
-    }
+    let resolved = state.settings.resolve(&info, true).map_err(|p| ApiError::bad(p.field, p.reason))?;
+    let policy = Policy::new(&state.settings, state.store.get(&info.name).await);
+    policy.check(&info, &resolved).map_err(|r| ApiError::forbidden(r.field, r.reason))?;
+    Ok((info, policy))
 }
 
 fn store_error(e: StoreError) -> ApiError {
@@ -345,9 +472,15 @@ async fn service_info_find(State(s): State<AppState>, RawQuery(q): RawQuery) -> 
 }
 
 async fn service_info_set(State(s): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    let info = service_body(&s, body).await?;
+    let (info, _) = service_body(&s, body).await?;
+    let name = info.name.clone();
     s.store.upsert(info.clone()).await.map_err(store_error)?;
-    Ok(ok(info))
+    Ok(audited(ok(info), name))
+}
+
+fn audited(mut resp: Response, name: String) -> Response {
+    resp.extensions_mut().insert(AuditService(name));
+    resp
 }
 
 async fn service_info_del(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
@@ -367,10 +500,10 @@ async fn task_find(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<R
 }
 
 async fn task_set(State(s): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    let info = service_body(&s, body).await?;
+    let (info, policy) = service_body(&s, body).await?;
     let name = info.name.clone();
-    s.supervisor.apply(info).await.map_err(supervisor_error)?;
-    task_now(&s, &name).await
+    s.supervisor.apply(info, Some(Arc::new(policy))).await.map_err(supervisor_error)?;
+    Ok(audited(task_now(&s, &name).await?, name))
 }
 
 async fn task_now(s: &AppState, name: &str) -> Result<Response, ApiError> {
@@ -432,8 +565,35 @@ async fn reload(State(s): State<AppState>) -> Result<Response, ApiError> {
     Ok(ok(summary))
 }
 
-async fn health(State(s): State<AppState>) -> Response {
-    ok(json!({ "server": s.settings.server, "version": env!("CARGO_PKG_VERSION"), "pid": std::process::id() }))
+/// Liveness. Without a token (when tokens are configured) it says only that air-nanny answers; the
+/// version and pid are for authenticated callers.
+async fn health(State(s): State<AppState>, req: Request) -> Response {
+    match req.extensions().get::<Identity>() {
+        Some(Identity::Unauthenticated) => ok(json!({ "status": "ok" })),
+        _ => ok(json!({
+            "status": "ok",
+            "server": s.settings.server,
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "tls": s.security.tls.is_some(),
+        })),
+    }
+}
+
+/// The newest records of the audit trail (`?limit=`, default 100, at most 10000), oldest first.
+async fn audit(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let limit = match query(q).get("limit") {
+        None => 100,
+        Some(n) => match n.parse::<usize>() {
+            Ok(n) if (1..=10_000).contains(&n) => n,
+            _ => return Err(ApiError::bad("limit", format!("{n:?} is not a number from 1 to 10000"))),
+        },
+    };
+    let records =
+        s.audit.tail(limit).await.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the audit trail: {e}"))
+        })?;
+    Ok(ok(records))
 }
 
 /// The web console: one self-contained page, embedded in the binary (no CDN, no files to install).

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 fn name_param() -> Value {
-    json!([{ "name": "name", "in": "query", "required": true, "schema": { "type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$" } }])
+    json!([{ "name": "name", "in": "query", "required": true, "schema": { "type": "string", "pattern": "^[\\p{L}\\p{N}_.-]{1,64}$" } }])
 }
 
 fn op(summary: &str, params: bool, body: bool) -> Value {
@@ -14,7 +14,8 @@ fn op(summary: &str, params: bool, body: bool) -> Value {
             "200": { "description": "SUCCESS", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Envelope" } } } },
             "400": { "description": "bad input; msg names the field and the reason" },
             "401": { "description": "missing or wrong bearer token" },
-            "403": { "description": "read-only token, or a path outside the allowed directories" },
+            "403": { "description": "read-only token, a path outside the allowed directories, a denied variable or check target, or a cross-site request" },
+            "415": { "description": "a write whose body is not application/json" },
             "404": { "description": "no such service or task" }
         }
     });
@@ -81,6 +82,9 @@ pub fn document() -> Value {
                 { "name": "lines", "in": "query", "required": false, "schema": { "type": "integer", "default": 100 } }],
                 "responses": { "200": { "description": "SUCCESS" } } } },
             "/reload": { "post": op("Re-read services.json and apply only the difference (as SIGHUP)", false, false) },
+            "/audit": { "get": { "summary": "The newest records of the audit trail of changes (time, peer, identity, endpoint, service, result), oldest first",
+                "parameters": [{ "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "maximum": 10000, "default": 100 } }],
+                "responses": { "200": { "description": "SUCCESS" }, "400": { "description": "bad limit" }, "401": { "description": "missing or wrong bearer token" } } } },
             "/health": { "get": { "summary": "Liveness of air-nanny itself (no token needed)", "security": [],
                 "responses": { "200": { "description": "SUCCESS" } } } },
             "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "the document" } } } },

@@ -1,6 +1,7 @@
 //! Configuration: config.yaml (the seed's upper-case keys plus extensions), the public file's
 //! `rootpath`, and services.json, each parsed in two stages (raw, then validated and resolved).
 
+pub mod resolve;
 pub mod service;
 
 use std::fmt;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 use serde_yaml::Value as Yaml;
 
+pub use resolve::{real_path, PathProblem, Resolved};
 pub use service::{HealthCheck, Probe, Script, ServiceInfo};
 
 /// Every problem found in a set of files, as `file: service: field: reason`; errors and warnings.
@@ -130,6 +132,14 @@ pub struct Settings {
     pub log_max_files: u32,
     pub api_body_limit: usize,
     pub api_timeout: Duration,
+    /// `API_TLS_CERT`/`API_TLS_KEY`/`API_TLS_CLIENT_CA`: TLS on the API when set.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// `API_HOST_NAMES`: names the API answers to in a `Host` header, besides its own address and
+    /// the loopback names (a defence against DNS rebinding).
+    pub api_host_names: Vec<String>,
+    /// `ALLOWED_CHECK_HOSTS`: addresses HTTP and TCP checks set over the API may reach, besides
+    /// loopback.
+    pub allowed_check_hosts: Vec<IpAddr>,
 }
 
 /// The keys config.yaml may hold; anything else is warned about.
@@ -157,7 +167,33 @@ const KNOWN_KEYS: &[&str] = &[
     "LOG_MAX_FILES",
     "API_BODY_LIMIT",
     "API_TIMEOUT",
+    "API_TLS_CERT",
+    "API_TLS_KEY",
+    "API_TLS_CLIENT_CA",
+    "API_HOST_NAMES",
+    "ALLOWED_CHECK_HOSTS",
 ];
+
+/// The largest LOG_MAX_FILES.
+pub const MAX_LOG_FILES: u64 = 100;
+/// The shortest token an API token file may hold.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Reads a token file: trimmed, at least [`MIN_TOKEN_LEN`] characters, one line of printable ASCII.
+pub fn read_token(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(format!("the token in {} must be at least {MIN_TOKEN_LEN} characters", path.display()));
+    }
+    if !token.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(format!(
+            "the token in {} must be one word of printable ASCII (it travels in an HTTP header)",
+            path.display()
+        ));
+    }
+    Ok(token.to_string())
+}
 
 impl Settings {
     /// Reads and validates config.yaml and the public file. Every problem is collected.
@@ -209,14 +245,89 @@ impl Settings {
         let stop_timeout = y.seconds("STOP_TIMEOUT", 10, 1);
         let kill_grace = y.seconds("KILL_GRACE", 5, 1);
         let group_start_timeout = y.seconds("GROUP_START_TIMEOUT", 60, 1);
-        let backoff_base = Duration::from_millis(y.int("RESTART_BACKOFF_BASE_MS", 500, 1));
+        let backoff_base = Duration::from_millis(y.int("RESTART_BACKOFF_BASE_MS", 500, 1, 3_600_000));
         let backoff_max = y.seconds("RESTART_BACKOFF_MAX", 60, 1);
         let backoff_reset = y.seconds("RESTART_BACKOFF_RESET", 60, 1);
-        let start_limit = y.int("START_LIMIT", 0, 0).min(u32::MAX as u64) as u32;
-        let log_max_bytes = y.int("LOG_MAX_SIZE", 1024 * 1024, 4096);
-        let log_max_files = y.int("LOG_MAX_FILES", 3, 1).min(100) as u32;
-        let api_body_limit = y.int("API_BODY_LIMIT", 64 * 1024, 1024) as usize;
+        let start_limit = y.int("START_LIMIT", 0, 0, 1_000_000) as u32;
+        let log_max_bytes = y.int("LOG_MAX_SIZE", 1024 * 1024, 4096, 1 << 30);
+        let log_max_files = y.int("LOG_MAX_FILES", 3, 1, MAX_LOG_FILES) as u32;
+        let api_body_limit = y.int("API_BODY_LIMIT", 64 * 1024, 1024, 16 << 20) as usize;
         let api_timeout = y.seconds("API_TIMEOUT", 60, 1);
+        let tls_cert = y.opt_path("API_TLS_CERT", &config_dir);
+        let tls_key = y.opt_path("API_TLS_KEY", &config_dir);
+        let tls_client_ca = y.opt_path("API_TLS_CLIENT_CA", &config_dir);
+        let api_host_names = y.opt_string_list("API_HOST_NAMES").unwrap_or_default();
+        let allowed_check_hosts = y.opt_string_list("ALLOWED_CHECK_HOSTS").unwrap_or_default();
+
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key, client_ca: tls_client_ca }),
+            (None, None) => {
+                if tls_client_ca.is_some() {
+                    problems.error(
+                        &file,
+                        "API_TLS_CLIENT_CA",
+                        "needs API_TLS_CERT and API_TLS_KEY (client certificates are checked in the TLS handshake)",
+                    );
+                }
+                None
+            }
+            (Some(_), None) => {
+                problems.error(&file, "API_TLS_KEY", "missing: API_TLS_CERT is set, so the key is needed too");
+                None
+            }
+            (None, Some(_)) => {
+                problems.error(&file, "API_TLS_CERT", "missing: API_TLS_KEY is set, so the certificate is needed too");
+                None
+            }
+        };
+        if let Some(files) = &tls {
+            if let Err(reason) = crate::tls::server_config(files) {
+                let (key, reason) = reason.split_once(": ").unwrap_or(("API_TLS_CERT", &reason));
+                problems.error(&file, key, reason);
+            }
+        }
+        for name in &api_host_names {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
+                problems.error(&file, "API_HOST_NAMES", format!("{name:?} is not a host name"));
+            }
+        }
+        let allowed_check_hosts: Vec<IpAddr> = allowed_check_hosts
+            .iter()
+            .filter_map(|h| {
+                h.parse::<IpAddr>()
+                    .map_err(|_| {
+                        problems.error(
+                            &file,
+                            "ALLOWED_CHECK_HOSTS",
+                            format!("{h:?} is not an IP address (names are not resolved)"),
+                        )
+                    })
+                    .ok()
+            })
+            .collect();
+        let mut has_token = false;
+        for (key, path) in [("API_TOKEN_FILE", &api_token_file), ("API_READ_TOKEN_FILE", &api_read_token_file)] {
+            if let Some(p) = path {
+                match read_token(p) {
+                    Ok(_) => has_token |= key == "API_TOKEN_FILE",
+                    Err(reason) => problems.error(&file, key, reason),
+                }
+            }
+        }
+        if let Some(a) = addr {
+            let client_certs = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+            let token_file_named = api_token_file.is_some();
+            if !a.is_loopback() && !token_file_named && !client_certs {
+                problems.error(&file, "SERVER_ADDR", format!("{a} is not a loopback address, and neither API_TOKEN_FILE nor API_TLS_CLIENT_CA is set: the API can start programs as root, so it is never opened to the network without a token or client certificates"));
+            } else if !a.is_loopback() && has_token && tls.is_none() {
+                problems.warn(&file, "SERVER_ADDR", format!("{a} is not a loopback address and the API has no TLS: the token and every configuration cross the network in clear (set API_TLS_CERT and API_TLS_KEY)"));
+            }
+        }
+        for (key, dir) in [("LOG_DIR", &log_dir), ("STATE_DIR", &state_dir)] {
+            if dir.exists() && !dir.is_dir() {
+                problems.error(&file, key, format!("{} exists and is not a directory", dir.display()));
+            }
+        }
 
         let rootpath = public_conf.as_ref().and_then(|p| read_rootpath(p, problems));
         if problems.error_count() > errors_before {
@@ -251,19 +362,10 @@ impl Settings {
             log_max_files,
             api_body_limit,
             api_timeout,
+            tls,
+            api_host_names,
+            allowed_check_hosts,
         })
-    }
-
-    /// Where a service's program lives: rootpath + programFilePath (a string join, as the seed does,
-    /// so an absolute programFilePath still lands under rootpath).
-    pub fn program_path(&self, svc: &ServiceInfo) -> PathBuf {
-        let p = svc.script.program_file_path.trim_start_matches('/');
-        normalize(&self.rootpath.join(p))
-    }
-
-    /// The control script's path; relative paths resolve against WORK_DIR.
-    pub fn script_path(&self, svc: &ServiceInfo) -> Option<PathBuf> {
-        (!svc.is_direct()).then(|| normalize(&resolve(&self.work_dir, &svc.script.exec_path)))
     }
 
     pub fn start_timeout_of(&self, svc: &ServiceInfo) -> Duration {
@@ -313,7 +415,7 @@ fn read_rootpath(public: &Path, problems: &mut Problems) -> Option<PathBuf> {
 /// Parses services.json text: every problem at once, each as `file: service: field: reason`.
 pub fn parse_services(text: &[u8], file: &str) -> (Vec<ServiceInfo>, Problems) {
     let mut problems = Problems::default();
-    let value: Value = match serde_json::from_slice(text) {
+    let value: Value = match service::parse_json(text) {
         Ok(v) => v,
         Err(e) => {
             problems.error(file, "", format!("malformed JSON: {e}"));
@@ -364,13 +466,27 @@ pub fn check_all(config_path: &Path) -> (Option<Settings>, Vec<ServiceInfo>, Pro
             Err(e) => problems.error(&file, "", format!("cannot read: {e}")),
         }
         for svc in &services {
-            if let Some(script) = s.script_path(svc) {
-                if !script.exists() {
-                    problems.warn(
-                        &format!("{file}: {}", svc.name),
-                        "script.execPath",
-                        format!("{} does not exist (yet)", script.display()),
-                    );
+            let ctx = format!("{file}: {}", svc.name);
+            match s.resolve(svc, false) {
+                Err(p) => problems.error(&ctx, p.field, p.reason),
+                Ok(r) => {
+                    for (field, path) in
+                        [("script.execPath", r.script.as_ref()), ("script.programFilePath", Some(&r.program))]
+                    {
+                        if let Some(path) = path.filter(|p| !p.exists()) {
+                            problems.warn(&ctx, field, format!("{} does not exist (yet)", path.display()));
+                        }
+                    }
+                    if svc.script.work_dir.is_some() && !r.work_dir.is_dir() {
+                        problems.warn(
+                            &ctx,
+                            "script.workDir",
+                            format!(
+                                "{} is not a directory (yet); the service cannot start until it is",
+                                r.work_dir.display()
+                            ),
+                        );
+                    }
                 }
             }
         }
@@ -451,13 +567,29 @@ impl YamlFields<'_> {
         }
     }
 
-    fn int(&mut self, key: &str, default: u64, min: u64) -> u64 {
+    fn opt_string_list(&mut self, key: &str) -> Option<Vec<String>> {
+        match self.get(key)? {
+            Yaml::Sequence(items) if items.iter().all(|i| i.as_str().is_some()) => {
+                Some(items.iter().filter_map(Yaml::as_str).map(str::to_string).collect())
+            }
+            _ => {
+                self.problems.error(self.file, key, "expected a list of strings");
+                None
+            }
+        }
+    }
+
+    fn int(&mut self, key: &str, default: u64, min: u64, max: u64) -> u64 {
         match self.get(key) {
             None => default,
             Some(v) => match yaml_int(v) {
-                Some(n) if n >= min as i64 => n as u64,
-                Some(n) => {
+                Some(n) if n >= min as i64 && n <= max as i64 => n as u64,
+                Some(n) if n < min as i64 => {
                     self.problems.error(self.file, key, format!("is {n}, but it must be at least {min}"));
+                    default
+                }
+                Some(n) => {
+                    self.problems.error(self.file, key, format!("is {n}, but it must be at most {max}"));
                     default
                 }
                 None => {
@@ -468,8 +600,9 @@ impl YamlFields<'_> {
         }
     }
 
+    /// Whole seconds from `min` to one day ([`service::MAX_SECONDS`]).
     fn seconds(&mut self, key: &str, default: u64, min: u64) -> Duration {
-        Duration::from_secs(self.int(key, default, min))
+        Duration::from_secs(self.int(key, default, min, service::MAX_SECONDS))
     }
 }
 
@@ -599,17 +732,26 @@ mod tests {
     }
 
     #[test]
-    fn program_path_joins_onto_rootpath() {
+    fn paths_resolve_onto_rootpath_and_work_dir() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "public.yaml", "rootpath: /opt/root\n");
-        let cfg =
-            write(dir.path(), "config.yaml", "SERVER: a\nPUBLIC_CONF: public.yaml\nSERVER_PORT: 1\nWORK_DIR: /srv/w\n");
+        let d = std::fs::canonicalize(dir.path()).unwrap();
+        write(&d, "public.yaml", &format!("rootpath: {}/root\n", d.display()));
+        let cfg = write(
+            &d,
+            "config.yaml",
+            &format!("SERVER: a\nPUBLIC_CONF: public.yaml\nSERVER_PORT: 1\nWORK_DIR: {}/srv/w\n", d.display()),
+        );
         let s = Settings::load(&cfg, &mut Problems::default()).unwrap();
         let svc =
             ServiceInfo::from_json(br#"{"name":"a","script":{"execPath":"../x/run.sh","programFilePath":"/bin/a"}}"#)
                 .unwrap();
-        assert_eq!(s.program_path(&svc), PathBuf::from("/opt/root/bin/a"));
-        assert_eq!(s.script_path(&svc), Some(PathBuf::from("/srv/x/run.sh")));
+        assert_eq!(s.program_path(&svc), d.join("root/bin/a"));
+        // `..` in a part that does not exist cannot be resolved honestly.
+        assert_eq!(s.resolve(&svc, false).unwrap_err().field, "script.execPath");
+        std::fs::create_dir_all(d.join("srv/w")).unwrap();
+        let r = s.resolve(&svc, false).unwrap();
+        assert_eq!(r.script, Some(d.join("srv/x/run.sh")));
+        assert_eq!(r.work_dir, d.join("srv/x"));
     }
 
     #[test]

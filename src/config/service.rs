@@ -214,7 +214,7 @@ impl ServiceInfo {
     /// Parses a single service object from JSON text (the API's request body), all problems at once.
     pub fn from_json(text: &[u8]) -> Result<ServiceInfo, Problems> {
         let mut problems = Problems::default();
-        let value: Value = match serde_json::from_slice(text) {
+        let value: Value = match parse_json(text) {
             Ok(v) => v,
             Err(e) => {
                 problems.error("body", "", format!("malformed JSON: {e}"));
@@ -229,21 +229,118 @@ impl ServiceInfo {
     }
 }
 
-/// Checks a service name: `[A-Za-z0-9_.-]`, 1–64 characters.
+/// The longest name, in characters; in bytes it must also leave room for `.log.N` in a file name.
+pub const NAME_MAX_CHARS: usize = 64;
+const NAME_MAX_BYTES: usize = 200;
+
+/// Checks a service name: letters and digits of any script (the seed's authors write Chinese
+/// names) plus `_`, `.` and `-`; 1–64 characters; never `.` or `..`. Such a name is also a safe
+/// file name: it has no `/`, no NUL and no control character, so `LOG_DIR/NAME.log` stays in LOG_DIR.
 pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".into());
     }
-    if name.len() > 64 {
-        return Err(format!("is {} characters long; at most 64 are allowed", name.len()));
+    let chars = name.chars().count();
+    if chars > NAME_MAX_CHARS {
+        return Err(format!("is {chars} characters long; at most {NAME_MAX_CHARS} are allowed"));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "_.-".contains(*c))) {
+    if name.len() > NAME_MAX_BYTES {
+        return Err(format!("is {} bytes long in UTF-8; at most {NAME_MAX_BYTES} are allowed", name.len()));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_alphanumeric() || "_.-".contains(*c))) {
         return Err(format!("contains {c:?}; only letters, digits, '_', '.' and '-' are allowed"));
     }
     if name == "." || name == ".." {
         return Err("must not be '.' or '..'".into());
     }
     Ok(())
+}
+
+/// The largest number of seconds any duration field may hold: one day. Bounded so that no
+/// deadline arithmetic can overflow, whatever a file or a request says.
+pub const MAX_SECONDS: u64 = 86_400;
+/// The largest `healthCheck.retries`.
+pub const MAX_RETRIES: u64 = 10_000;
+
+/// Environment variables a service object may not set over the API or in a file: they make the
+/// dynamic loader, a shell or an interpreter run code that was never checked against
+/// `ALLOWED_DIRS`. Exact names, then prefixes.
+pub const ENV_DENIED: &[&str] = &[
+    "PATH",
+    "IFS",
+    "ENV",
+    "BASH_ENV",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "CDPATH",
+    "PS4",
+    "PROMPT_COMMAND",
+    "GLOBIGNORE",
+    "GCONV_PATH",
+    "GETCONF_DIR",
+    "HOSTALIASES",
+    "LOCALDOMAIN",
+    "RES_OPTIONS",
+    "NLSPATH",
+    "GLIBC_TUNABLES",
+    "TMPDIR",
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "RUBYOPT",
+    "RUBYLIB",
+    "CLASSPATH",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "LUA_PATH",
+    "LUA_CPATH",
+    "LUA_INIT",
+    "TCLLIBPATH",
+    "PHPRC",
+    "GIT_EXEC_PATH",
+    "EDITOR",
+    "VISUAL",
+    "PAGER",
+];
+pub const ENV_DENIED_PREFIXES: &[&str] =
+    &["LD_", "BASH_FUNC_", "PYTHON", "PERL5", "PERLLIB", "PERL_", "RUBY", "GEM_", "MALLOC_", "DYLD_", "AIR_NANNY_"];
+
+/// Checks the syntax of an environment variable name (files and the API alike).
+pub fn check_env_name(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("an empty variable name".into());
+    }
+    if key.contains('=') {
+        return Err(format!("{key:?} contains '=', which ends a variable name"));
+    }
+    Ok(())
+}
+
+/// Why the API refuses to set an environment variable, if it does: the deny-list above. A file
+/// the operator wrote may set these (a program may need its PATH); a request may not.
+pub fn env_denied(key: &str) -> Option<String> {
+    let upper = key.to_ascii_uppercase();
+    (ENV_DENIED.contains(&upper.as_str()) || ENV_DENIED_PREFIXES.iter().any(|p| upper.starts_with(p))).then(|| {
+        format!("{key} cannot be set over the API: it makes the loader, a shell or an interpreter run code that was not checked against ALLOWED_DIRS")
+    })
+}
+
+/// Checks a `user` field: a name in /etc/passwd, or a numeric uid below 4294967295 (which is -1,
+/// "no change", to the kernel).
+pub fn check_user(user: &str) -> Result<(), String> {
+    if user.is_empty() {
+        return Err("is empty".into());
+    }
+    if let Some(first) = user.chars().next().filter(|c| *c == '-' || *c == '+') {
+        return Err(format!("{user:?} starts with {first:?}: not a user name or uid"));
+    }
+    if user.bytes().all(|b| b.is_ascii_digit()) {
+        return match user.parse::<u32>() {
+            Ok(n) if n < u32::MAX => Ok(()),
+            _ => Err(format!("{user} is not a uid (0 to 4294967294)")),
+        };
+    }
+    crate::process::lookup_user(user).map(|_| ())
 }
 
 fn parse_script(obj: &Map<String, Value>, problems: &mut Problems, ctx: &str) -> Option<Script> {
@@ -257,8 +354,8 @@ fn parse_script(obj: &Map<String, Value>, problems: &mut Problems, ctx: &str) ->
     let env = f.string_map("env").unwrap_or_default();
     let user = f.opt_string("user");
     let work_dir = f.opt_string("workDir");
-    let start_timeout = f.opt_seconds("startTimeout", 1);
-    let stop_timeout = f.opt_seconds("stopTimeout", 1);
+    let start_timeout = f.opt_seconds("startTimeout", 1, MAX_SECONDS);
+    let stop_timeout = f.opt_seconds("stopTimeout", 1, MAX_SECONDS);
     let stop_signal = f.opt_string("stopSignal");
     let extra = f.rest(&[
         "execPath",
@@ -280,6 +377,21 @@ fn parse_script(obj: &Map<String, Value>, problems: &mut Problems, ctx: &str) ->
             "missing: air-nanny finds the running program by this path"
         };
         problems.error(ctx, "script.programFilePath", reason);
+    }
+    for key in env.keys() {
+        if let Err(reason) = check_env_name(key) {
+            problems.error(ctx, "script.env", reason);
+        }
+    }
+    if let Some(user) = &user {
+        if let Err(reason) = check_user(user) {
+            problems.error(ctx, "script.user", reason);
+        }
+    }
+    if let Some(dir) = &work_dir {
+        if dir.trim().is_empty() {
+            problems.error(ctx, "script.workDir", "is empty; leave it out to use the default");
+        }
     }
     if let Some(sig) = &stop_signal {
         if crate::process::parse_signal(sig).is_none() {
@@ -316,11 +428,11 @@ fn parse_health(obj: &Map<String, Value>, problems: &mut Problems, ctx: &str) ->
     let errors_before = problems.error_count();
     let mut f = Fields { obj, problems, ctx, prefix: "healthCheck." };
     let is_health_check = f.bool("isHealthCheck", false);
-    let interval = f.opt_seconds("interval", 1).unwrap_or(DEFAULT_INTERVAL);
-    let timeout = f.opt_seconds("timeout", 1).unwrap_or(DEFAULT_TIMEOUT);
-    let start_period = f.opt_seconds("start_period", 0).unwrap_or(0);
-    let retries = f.opt_seconds("retries", 1).unwrap_or(DEFAULT_RETRIES as u64);
-    let start_interval = f.opt_seconds("start_interval", 1);
+    let interval = f.opt_seconds("interval", 1, MAX_SECONDS).unwrap_or(DEFAULT_INTERVAL);
+    let timeout = f.opt_seconds("timeout", 1, MAX_SECONDS).unwrap_or(DEFAULT_TIMEOUT);
+    let start_period = f.opt_seconds("start_period", 0, MAX_SECONDS).unwrap_or(0);
+    let retries = f.opt_seconds("retries", 1, MAX_RETRIES).unwrap_or(DEFAULT_RETRIES as u64);
+    let start_interval = f.opt_seconds("start_interval", 1, MAX_SECONDS);
     let test = f.string_list("test");
     let extra = f.rest(&["isHealthCheck", "interval", "timeout", "start_period", "retries", "start_interval", "test"]);
     if let Some(test) = &test {
@@ -336,14 +448,16 @@ fn parse_health(obj: &Map<String, Value>, problems: &mut Problems, ctx: &str) ->
                 "healthCheck.test",
                 format!("{test:?} is not a check: the first element is one of {PROBE_KINDS}, e.g. [\"CMD-SHELL\", \"exit 0\"], [\"HTTP\", \"http://127.0.0.1:8080/\"], [\"TCP\", \"127.0.0.1:9000\"]"),
             );
-        } else if let (Some("HTTP"), Some(url)) = (test.first().map(String::as_str), test.get(1)) {
-            if crate::http::Url::parse(url).is_err() {
-                problems.error(ctx, "healthCheck.test", format!("{url:?} is not an http:// URL"));
+        } else if let Some(target) = test.get(1) {
+            let parsed = match test.first().map(String::as_str) {
+                Some("HTTP") => crate::http::Url::parse(target).map(|_| ()).map_err(|e| e.to_string()),
+                Some("TCP") => crate::http::parse_socket_addr(target).map(|_| ()),
+                _ => Ok(()),
+            };
+            if let Err(reason) = parsed {
+                problems.error(ctx, "healthCheck.test", reason);
             }
         }
-    }
-    if retries > u32::MAX as u64 {
-        problems.error(ctx, "healthCheck.retries", "is too large");
     }
     if problems.error_count() > errors_before {
         return None;
@@ -382,9 +496,19 @@ impl<'a> Fields<'a, '_> {
         self.problems.error(self.ctx, &field, format!("expected {expected}, found {}", kind(found)));
     }
 
+    /// A string field's value, refused when it holds a NUL byte (no path, argument or variable can).
+    fn text(&mut self, key: &str, s: &str) -> Option<String> {
+        if s.contains('\0') {
+            let field = self.field(key);
+            self.problems.error(self.ctx, &field, "contains a NUL byte");
+            return None;
+        }
+        Some(s.to_string())
+    }
+
     fn string(&mut self, key: &str, default: Option<&str>) -> Option<String> {
         match self.obj.get(key) {
-            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::String(s)) => self.text(key, s),
             None | Some(Value::Null) => match default {
                 Some(d) => Some(d.to_string()),
                 None => {
@@ -403,7 +527,7 @@ impl<'a> Fields<'a, '_> {
     fn opt_string(&mut self, key: &str) -> Option<String> {
         match self.obj.get(key) {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::String(s)) => self.text(key, s),
             Some(other) => {
                 self.wrong(key, "a string", other);
                 None
@@ -433,20 +557,25 @@ impl<'a> Fields<'a, '_> {
         }
     }
 
-    /// A whole number of seconds (or a count) of at least `min`.
-    fn opt_seconds(&mut self, key: &str, min: u64) -> Option<u64> {
+    /// A whole number of seconds (or a count) from `min` to `max`.
+    fn opt_seconds(&mut self, key: &str, min: u64, max: u64) -> Option<u64> {
         match self.obj.get(key) {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => match n.as_u64() {
-                Some(v) if v >= min => Some(v),
-                Some(v) => {
+                Some(v) if (min..=max).contains(&v) => Some(v),
+                Some(v) if v < min => {
                     let field = self.field(key);
                     self.problems.error(self.ctx, &field, format!("is {v}, but it must be at least {min}"));
                     None
                 }
+                Some(v) => {
+                    let field = self.field(key);
+                    self.problems.error(self.ctx, &field, format!("is {v}, but it must be at most {max}"));
+                    None
+                }
                 None => {
                     let field = self.field(key);
-                    self.problems.error(self.ctx, &field, format!("is {n}, not a whole number of at least {min}"));
+                    self.problems.error(self.ctx, &field, format!("is {n}, not a whole number from {min} to {max}"));
                     None
                 }
             },
@@ -461,7 +590,13 @@ impl<'a> Fields<'a, '_> {
         match self.obj.get(key) {
             None | Some(Value::Null) => None,
             Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
-                Some(items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                let list: Vec<String> = items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
+                if list.iter().any(|s| s.contains('\0')) {
+                    let field = self.field(key);
+                    self.problems.error(self.ctx, &field, "an element contains a NUL byte");
+                    return None;
+                }
+                Some(list)
             }
             Some(other) => {
                 self.wrong(key, "an array of strings", other);
@@ -474,7 +609,14 @@ impl<'a> Fields<'a, '_> {
         match self.obj.get(key) {
             None | Some(Value::Null) => None,
             Some(Value::Object(o)) if o.values().all(Value::is_string) => {
-                Some(o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+                let map: BTreeMap<String, String> =
+                    o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect();
+                if map.iter().any(|(k, v)| k.contains('\0') || v.contains('\0')) {
+                    let field = self.field(key);
+                    self.problems.error(self.ctx, &field, "a name or value contains a NUL byte");
+                    return None;
+                }
+                Some(map)
             }
             Some(other) => {
                 self.wrong(key, "an object of string values", other);
@@ -494,6 +636,72 @@ impl<'a> Fields<'a, '_> {
             }
         }
         extra
+    }
+}
+
+/// Parses JSON like `serde_json::from_slice`, but refuses an object with the same key twice (which
+/// would otherwise keep the last silently: what a reviewer reads is not what runs).
+pub fn parse_json(text: &[u8]) -> Result<Value, serde_json::Error> {
+    serde_json::from_slice::<Strict>(text).map(|s| s.0)
+}
+
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            let Strict(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
     }
 }
 

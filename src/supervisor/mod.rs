@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 pub use service::{Control, ServiceHandle};
 pub use state::{Health, State, TaskSnapshot};
 
+use crate::allow::Policy;
 use crate::config::{ServiceInfo, Settings};
 use crate::logfile::ServiceLog;
 use crate::process::ProcTable;
@@ -74,7 +75,7 @@ enum Command {
     List(oneshot::Sender<Vec<Arc<TaskSnapshot>>>),
     Get(String, oneshot::Sender<Option<Arc<TaskSnapshot>>>),
     Log(String, oneshot::Sender<Option<ServiceLog>>),
-    Apply(Box<ServiceInfo>, Reply<()>),
+    Apply(Box<ServiceInfo>, Option<Arc<Policy>>, Reply<()>),
     Remove(String, Reply<()>),
     Verb(String, Verb, Reply<()>),
     Reload(Reply<ReloadSummary>),
@@ -132,9 +133,10 @@ impl Supervisor {
         self.ask(|tx| Command::Log(name.to_string(), tx)).await.flatten()
     }
 
-    /// Persists `info` and applies it now: starts it, or restarts it if it changed.
-    pub async fn apply(&self, info: ServiceInfo) -> Result<(), SupervisorError> {
-        self.ask(|tx| Command::Apply(Box::new(info), tx)).await.unwrap_or(Err(SupervisorError::ShuttingDown))
+    /// Persists `info` and applies it now: starts it, or restarts it if it changed. `policy`: the
+    /// allow-list it came in under (a request), applied again to the paths of every start.
+    pub async fn apply(&self, info: ServiceInfo, policy: Option<Arc<Policy>>) -> Result<(), SupervisorError> {
+        self.ask(|tx| Command::Apply(Box::new(info), policy, tx)).await.unwrap_or(Err(SupervisorError::ShuttingDown))
     }
 
     /// Stops the service now and stops supervising it; its configuration stays.
@@ -257,7 +259,7 @@ impl Actor {
                 };
                 let _ = reply.send(log);
             }
-            Command::Apply(info, reply) => {
+            Command::Apply(info, policy, reply) => {
                 if let Err(e) = self.store.upsert((*info).clone()).await {
                     let _ = reply.send(Err(e.into()));
                     return;
@@ -269,7 +271,7 @@ impl Actor {
                     None => self.add_task((*info).clone()),
                 };
                 tokio::spawn(async move {
-                    let r = handle.send(Control::Apply(info)).await.map_err(SupervisorError::Failed);
+                    let r = handle.send(Control::Apply(info, policy)).await.map_err(SupervisorError::Failed);
                     let _ = reply.send(r);
                 });
             }
@@ -361,8 +363,11 @@ impl Actor {
                     let (h, stopped) = (h.clone(), self.runtime.stopped.contains(&info.name));
                     tokio::spawn(async move {
                         // A service the operator stopped takes the new configuration but stays stopped.
-                        let control =
-                            if stopped { Control::Update(Box::new(info)) } else { Control::Apply(Box::new(info)) };
+                        let control = if stopped {
+                            Control::Update(Box::new(info))
+                        } else {
+                            Control::Apply(Box::new(info), None)
+                        };
                         let _ = h.send(control).await;
                     });
                 }

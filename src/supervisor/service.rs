@@ -17,7 +17,8 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::state::{Backoff, Health, State, TaskSnapshot};
-use crate::config::{Probe, ServiceInfo, Settings};
+use crate::allow::Policy;
+use crate::config::{Probe, Resolved, ServiceInfo, Settings};
 use crate::health;
 use crate::logfile::ServiceLog;
 use crate::process::{self, ProcTable};
@@ -31,8 +32,9 @@ pub enum Control {
     Boot(Arc<ProcTable>),
     Stop,
     Restart,
-    /// Use this configuration from now on: start it, or restart it if it changed.
-    Apply(Box<ServiceInfo>),
+    /// Use this configuration from now on: start it, or restart it if it changed. With the
+    /// allow-list it came in under when it came from a request (checked again at every start).
+    Apply(Box<ServiceInfo>, Option<Arc<Policy>>),
     /// Use this configuration from the next start on; a stopped service stays stopped (a running
     /// one is restarted with it, as with `Apply`).
     Update(Box<ServiceInfo>),
@@ -127,6 +129,8 @@ pub fn spawn(info: ServiceInfo, settings: Arc<Settings>, reaper: Reaper) -> Serv
         backoff,
         backoff_until: None,
         restart_absent: false,
+        policy: None,
+        paths: None,
         events,
         inbox,
         snapshot_tx,
@@ -167,6 +171,10 @@ struct ServiceTask {
     backoff_until: Option<Instant>,
     /// The pending restart follows at once a confirmed absence of the program.
     restart_absent: bool,
+    /// The allow-list the configuration came in under, when it came from a request.
+    policy: Option<Arc<Policy>>,
+    /// The paths of the current configuration, resolved at the last start (or when first needed).
+    paths: Option<Arc<Resolved>>,
     events: Events,
     inbox: mpsc::UnboundedReceiver<Msg>,
     snapshot_tx: watch::Sender<Arc<TaskSnapshot>>,
@@ -256,24 +264,58 @@ impl ServiceTask {
             }
             Control::Update(info) if !matches!(self.snap.state, State::Running) => {
                 self.snap.info = Arc::new(*info);
+                (self.policy, self.paths) = (None, None);
                 Ok(())
             }
-            Control::Apply(info) | Control::Update(info) => {
-                let changed = *info != *self.snap.info;
-                let running = matches!(self.snap.state, State::Running);
-                if !changed && running {
-                    return Ok(());
-                }
-                let stopped = if running { self.stop().await } else { Ok(()) };
-                if changed {
-                    self.log.note("configuration changed");
-                }
-                self.snap.info = Arc::new(*info);
-                self.backoff.reset();
-                let started = self.start(Lookup::Scan).await;
-                stopped.and(started)
-            }
+            Control::Apply(info, policy) => self.apply(info, policy).await,
+            Control::Update(info) => self.apply(info, None).await,
         }
+    }
+
+    /// Uses `info` from now on: starts it, or restarts it if it changed.
+    async fn apply(&mut self, info: Box<ServiceInfo>, policy: Option<Arc<Policy>>) -> Result<(), String> {
+        let changed = *info != *self.snap.info;
+        let running = matches!(self.snap.state, State::Running);
+        if !changed && running {
+            return Ok(());
+        }
+        let stopped = if running { self.stop().await } else { Ok(()) };
+        if changed {
+            self.log.note("configuration changed");
+        }
+        self.snap.info = Arc::new(*info);
+        (self.policy, self.paths) = (policy, None);
+        self.backoff.reset();
+        let started = self.start(Lookup::Scan).await;
+        stopped.and(started)
+    }
+
+    /// The program's path, for finding it in /proc.
+    fn program_path(&mut self) -> std::path::PathBuf {
+        match self.paths() {
+            Some(p) => p.program.clone(),
+            None => self.settings.program_path(&self.snap.info),
+        }
+    }
+
+    /// The paths of the current configuration: those of the last start, else resolved now.
+    fn paths(&mut self) -> Option<Arc<Resolved>> {
+        if self.paths.is_none() {
+            self.paths = self.settings.resolve(&self.snap.info, false).ok().map(Arc::new);
+        }
+        self.paths.clone()
+    }
+
+    /// Resolves the paths for a start (the one resolution: what is checked is what runs), and
+    /// applies the request's allow-list to them again.
+    fn resolve_for_start(&mut self) -> Result<Arc<Resolved>, String> {
+        let resolved = self.settings.resolve(&self.snap.info, true).map_err(|p| p.to_string())?;
+        if let Some(policy) = &self.policy {
+            policy.check(&self.snap.info, &resolved).map_err(|r| format!("refused by the allow-list: {r}"))?;
+        }
+        let resolved = Arc::new(resolved);
+        self.paths = Some(resolved.clone());
+        Ok(resolved)
     }
 
     /// Starts the program: adopts it when it already runs, else runs the start command (script mode)
@@ -281,7 +323,11 @@ impl ServiceTask {
     async fn start(&mut self, lookup: Lookup) -> Result<(), String> {
         self.new_generation();
         self.set_state(State::Starting);
-        let program = self.settings.program_path(&self.snap.info);
+        let paths = match self.resolve_for_start() {
+            Ok(p) => p,
+            Err(reason) => return self.start_failed(reason),
+        };
+        let program = paths.program.clone();
         // Adopt a program that already runs (started before air-nanny, or by a previous air-nanny).
         let found = match lookup {
             Lookup::Scan => process::find_program(&program),
@@ -295,7 +341,7 @@ impl ServiceTask {
             return Ok(());
         }
         let result =
-            if self.snap.info.is_direct() { self.start_direct(&program) } else { self.start_script(&program).await };
+            if self.snap.info.is_direct() { self.start_direct(&paths) } else { self.start_script(&paths).await };
         match result {
             Ok((pids, child_exit)) => {
                 self.snap.last_error = None;
@@ -303,23 +349,26 @@ impl ServiceTask {
                 self.enter_running(pids, child_exit);
                 Ok(())
             }
-            Err(reason) => {
-                self.snap.start_faults += 1;
-                self.snap.last_error = Some(reason.clone());
-                self.log.note(&format!("start failed: {reason}"));
-                tracing::warn!(service = %self.snap.info.name, "start failed: {reason}");
-                self.after_failure(Duration::ZERO);
-                Err(reason)
-            }
+            Err(reason) => self.start_failed(reason),
         }
     }
 
-    async fn start_script(&mut self, program: &Path) -> Result<(Vec<i32>, Option<oneshot::Receiver<Exit>>), String> {
-        let script = self.settings.script_path(&self.snap.info).expect("script mode");
+    fn start_failed(&mut self, reason: String) -> Result<(), String> {
+        self.snap.start_faults += 1;
+        self.snap.last_error = Some(reason.clone());
+        self.log.note(&format!("start failed: {reason}"));
+        tracing::warn!(service = %self.snap.info.name, "start failed: {reason}");
+        self.after_failure(Duration::ZERO);
+        Err(reason)
+    }
+
+    async fn start_script(&mut self, paths: &Resolved) -> Result<(Vec<i32>, Option<oneshot::Receiver<Exit>>), String> {
+        let Some(script) = paths.script.as_deref() else { return Err("no control script (direct mode)".into()) };
+        let program = paths.program.as_path();
         let deadline = Instant::now() + self.settings.start_timeout_of(&self.snap.info);
         let command = self.snap.info.script.start_command.clone();
         self.log.note(&format!("start: {} {command}", script.display()));
-        let (script_pid, exit) = self.run_script_pid(&script, &command, deadline).await?;
+        let (script_pid, exit) = self.run_script_pid(paths, &command, deadline).await?;
         if !exit.success() {
             return Err(format!("start command {} {command} failed: {exit}", script.display()));
         }
@@ -348,25 +397,23 @@ impl ServiceTask {
 
     /// Runs the control script with `arg`, output to the service log, killed with its group at
     /// `deadline`.
-    async fn run_script(&self, script: &Path, arg: &str, deadline: Instant) -> Result<Exit, String> {
-        self.run_script_pid(script, arg, deadline).await.map(|(_, exit)| exit)
+    async fn run_script(&self, paths: &Resolved, arg: &str, deadline: Instant) -> Result<Exit, String> {
+        self.run_script_pid(paths, arg, deadline).await.map(|(_, exit)| exit)
     }
 
-    /// [`Self::run_script`], also telling the script's pid.
-    async fn run_script_pid(&self, script: &Path, arg: &str, deadline: Instant) -> Result<(i32, Exit), String> {
+    /// [`Self::run_script`], also telling the script's pid. It runs as resolved, in the resolved
+    /// working directory.
+    async fn run_script_pid(&self, paths: &Resolved, arg: &str, deadline: Instant) -> Result<(i32, Exit), String> {
+        let Some(script) = paths.script.as_deref() else { return Err("no control script (direct mode)".into()) };
         let mut cmd = Command::new(script);
         if !arg.is_empty() {
             cmd.arg(arg);
         }
-        let dir = match &self.snap.info.script.work_dir {
-            Some(d) => crate::config::resolve(&self.settings.work_dir, d),
-            None => script.parent().map(Path::to_path_buf).unwrap_or_else(|| self.settings.work_dir.clone()),
-        };
-        cmd.current_dir(dir)
+        cmd.current_dir(&paths.work_dir)
             .env("AIR_NANNY_SERVICE", &self.snap.info.name)
-            .env("AIR_NANNY_PROGRAM", self.settings.program_path(&self.snap.info))
+            .env("AIR_NANNY_PROGRAM", &paths.program)
             .env("AIR_NANNY_ROOTPATH", &self.settings.rootpath);
-        let spawned = self.spawn_logged(cmd).map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        let spawned = self.spawn_logged(cmd).map_err(|e| spawn_error("script.execPath", script, &paths.work_dir, e))?;
         match tokio::time::timeout_at(deadline, spawned.exit).await {
             Ok(Ok(exit)) => {
                 self.log.note(&format!("{} {arg}: {exit}", script.display()));
@@ -389,22 +436,20 @@ impl ServiceTask {
         self.reaper.spawn(&mut cmd)
     }
 
-    fn start_direct(&mut self, program: &Path) -> Result<(Vec<i32>, Option<oneshot::Receiver<Exit>>), String> {
+    fn start_direct(&mut self, paths: &Resolved) -> Result<(Vec<i32>, Option<oneshot::Receiver<Exit>>), String> {
         let s = &self.snap.info.script;
+        let program = paths.program.as_path();
         let mut cmd = Command::new(program);
         cmd.args(&s.args).envs(&s.env).env("AIR_NANNY_SERVICE", &self.snap.info.name);
-        let dir = match &s.work_dir {
-            Some(d) => crate::config::resolve(&self.settings.work_dir, d),
-            None => program.parent().map(Path::to_path_buf).unwrap_or_else(|| self.settings.work_dir.clone()),
-        };
-        cmd.current_dir(dir);
+        cmd.current_dir(&paths.work_dir);
         if let Some(user) = &s.user {
             use std::os::unix::process::CommandExt;
             let (uid, gid) = process::lookup_user(user)?;
             cmd.uid(uid).gid(gid);
         }
         self.log.note(&format!("start: {} {}", program.display(), s.args.join(" ")));
-        let spawned = self.spawn_logged(cmd).map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+        let spawned =
+            self.spawn_logged(cmd).map_err(|e| spawn_error("script.programFilePath", program, &paths.work_dir, e))?;
         Ok((vec![spawned.pid], Some(spawned.exit)))
     }
 
@@ -469,7 +514,7 @@ impl ServiceTask {
                 }
                 // A daemonised program may have handed over to another process (a re-exec, a fork):
                 // look again. A direct-mode child is the program itself, so its exit is final.
-                let program = self.settings.program_path(&self.snap.info);
+                let program = self.program_path();
                 let others = if self.snap.info.is_direct() { Vec::new() } else { process::find_program(&program) };
                 if !others.is_empty() {
                     self.run.pids = others.clone();
@@ -540,9 +585,14 @@ impl ServiceTask {
                 let timeout = Duration::from_secs(self.snap.info.health_check.timeout);
                 let (gen, tx, token) = (self.gen, self.events.clone(), self.gen_token.clone());
                 let (reaper, log) = (self.reaper.clone(), self.log.clone());
+                let paths = self.paths();
                 tokio::spawn(async move {
+                    let Some(paths) = paths else {
+                        tx.send(Event::Checked { gen, result: Err("the check's paths cannot be resolved".into()) });
+                        return;
+                    };
                     tokio::select! {
-                        result = health::check(&probe, timeout, &reaper, &log) => {
+                        result = health::check(&probe, timeout, &reaper, &log, &paths) => {
                             tx.send(Event::Checked { gen, result });
                         }
                         _ = token.cancelled() => {}
@@ -557,7 +607,7 @@ impl ServiceTask {
     fn process_alive(&mut self) -> Result<(), String> {
         self.run.pids.retain(|p| process::is_alive(*p));
         if self.run.pids.is_empty() {
-            let found = process::find_program(&self.settings.program_path(&self.snap.info));
+            let found = process::find_program(&self.program_path());
             self.watch_pids(&found);
             self.run.pids = found;
         }
@@ -616,7 +666,8 @@ impl ServiceTask {
         let mut pids = std::mem::take(&mut self.run.pids);
         self.new_generation();
         self.backoff_until = None;
-        let program = self.settings.program_path(&self.snap.info);
+        let program = self.program_path();
+        let paths = self.paths();
         if was != State::Running {
             // Nothing of ours should run; but a process of the program may (started by hand).
             pids = process::find_program(&program);
@@ -630,10 +681,10 @@ impl ServiceTask {
         let timeout = self.settings.stop_timeout_of(&self.snap.info);
         let deadline = Instant::now() + timeout;
         let mut fault: Option<String> = None;
-        if let Some(script) = self.settings.script_path(&self.snap.info) {
+        if let Some((paths, script)) = paths.as_ref().and_then(|p| p.script.clone().map(|s| (p, s))) {
             let command = self.snap.info.script.stop_command.clone();
             self.log.note(&format!("stop: {} {command}", script.display()));
-            match self.run_script(&script, &command, deadline).await {
+            match self.run_script(paths, &command, deadline).await {
                 Ok(exit) if exit.success() => {}
                 Ok(exit) => fault = Some(format!("stop command {} {command} failed: {exit}", script.display())),
                 Err(e) => fault = Some(e),
@@ -660,7 +711,7 @@ impl ServiceTask {
             let why = format!("program still running {}s after stop; killing it", timeout.as_secs());
             self.log.note(&why);
             fault.get_or_insert(why);
-            if self.settings.script_path(&self.snap.info).is_some() {
+            if !self.snap.info.is_direct() {
                 process::signal_all(&left, Signal::SIGTERM);
                 if !process::wait_all_exit(&left, Instant::now() + self.settings.kill_grace).await {
                     process::signal_all(&left, Signal::SIGKILL);
@@ -697,4 +748,12 @@ impl ServiceTask {
             }
         }
     }
+}
+
+/// A spawn failure, naming the field at fault: a missing working directory is not the program's.
+fn spawn_error(field: &str, path: &Path, work_dir: &Path, e: std::io::Error) -> String {
+    if !work_dir.is_dir() {
+        return format!("script.workDir: {} is not an existing directory", work_dir.display());
+    }
+    format!("{field}: cannot run {}: {e}", path.display())
 }

@@ -126,7 +126,16 @@ fn a_network_address_without_a_token_refuses_to_start() {
     let f = Fixture::with_config("SERVER_ADDR: 0.0.0.0\n");
     let (code, _, err) = f.cli(&["run"]);
     assert_eq!(code, 2);
-    assert!(err.contains("not a loopback address and no API_TOKEN_FILE"), "{err}");
+    assert!(
+        err.contains(
+            "SERVER_ADDR: 0.0.0.0 is not a loopback address, and neither API_TOKEN_FILE nor API_TLS_CLIENT_CA is set"
+        ),
+        "{err}"
+    );
+    // `check` says the same, so the two never disagree.
+    let (code, out, _) = f.cli(&["check"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("SERVER_ADDR: 0.0.0.0 is not a loopback address"), "{out}");
 }
 
 #[test]
@@ -178,7 +187,7 @@ fn bad_inputs_get_a_clear_message_and_change_nothing() {
             "/task/set".into(),
             Some(svc(json!({"script": {"execPath": "/bin/sh"}}))),
             403,
-            "script.execPath: /bin/sh resolves to",
+            "script.execPath: \"/bin/sh\" resolves to",
         ),
         (
             "POST",
