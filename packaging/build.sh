@@ -49,6 +49,8 @@ build() {
     rustup target add "$target" >/dev/null
     case "$target" in
     armv7-unknown-linux-gnueabihf) apt_install gcc-arm-linux-gnueabihf libc6-dev-armhf-cross ;;
+    # ring (TLS) compiles a few C/assembly files; see .cargo/config.toml.
+    aarch64-unknown-linux-musl) apt_install gcc-aarch64-linux-gnu ;;
     esac
     echo "== cargo build --release --target $target"
     cargo build --release --locked --bin air-nanny --target "$target"

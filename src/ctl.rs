@@ -9,23 +9,51 @@ use serde_json::Value;
 use crate::config::{Problems, Settings};
 use crate::http;
 
-/// Where to send requests, and with which token.
+/// Where to send requests, with which token, over which client (plain, or TLS).
 pub struct Target {
     pub base: String,
     pub token: Option<String>,
+    pub client: http::Client,
+}
+
+/// ctl's TLS options: the CA to trust, and a client certificate to present.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// CA certificate (PEM) that signed the API's certificate; needed for https:// URLs
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM) to present, when the API requires one (API_TLS_CLIENT_CA)
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM)
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 impl Target {
-    /// `--url` and `--token-file` when given; else the local instance named by config.yaml.
-    pub fn resolve(config: &Path, url: Option<String>, token_file: Option<PathBuf>) -> Result<Target, String> {
+    /// `--url` and `--token-file` when given; else the local instance named by config.yaml (over
+    /// https when it has TLS: then `--cacert` is needed, and the name in its certificate).
+    pub fn resolve(
+        config: &Path,
+        url: Option<String>,
+        token_file: Option<PathBuf>,
+        tls: &TlsArgs,
+    ) -> Result<Target, String> {
         let read_token = |p: &Path| {
             std::fs::read_to_string(p)
                 .map(|t| t.trim().to_string())
                 .map_err(|e| format!("cannot read {}: {e}", p.display()))
         };
+        let client = match (&tls.cacert, &tls.cert, &tls.key) {
+            (None, None, None) => http::Client::plain(),
+            (cacert, cert, key) => http::Client::with_tls(crate::tls::client_config(
+                cacert.as_deref(),
+                cert.as_deref().zip(key.as_deref()),
+            )?),
+        };
         if let Some(url) = url {
             let token = token_file.as_deref().map(read_token).transpose()?;
-            return Ok(Target { base: url.trim_end_matches('/').to_string(), token });
+            return Ok(Target { base: url.trim_end_matches('/').to_string(), token, client });
         }
         let mut problems = Problems::default();
         let settings = Settings::load(config, &mut problems)
@@ -37,7 +65,8 @@ impl Target {
             Some(p) => Some(read_token(&p)?),
             None => None,
         };
-        Ok(Target { base: format!("http://{host}:{}", settings.port), token })
+        let scheme = if settings.tls.is_some() { "https" } else { "http" };
+        Ok(Target { base: format!("{scheme}://{host}:{}", settings.port), token, client })
     }
 
     /// One call; `Ok(data)` on `msg: SUCCESS`, else `Err(msg)`.
@@ -48,8 +77,11 @@ impl Target {
             headers.push(("Authorization", a.as_str()));
         }
         let url = format!("{}{path}", self.base);
-        let resp =
-            http::request(method, &url, &headers, body, Duration::from_secs(120)).await.map_err(|e| e.to_string())?;
+        let resp = self
+            .client
+            .request(method, &url, &headers, body, Duration::from_secs(120))
+            .await
+            .map_err(|e| e.to_string())?;
         let v = resp.json();
         match v.get("msg").and_then(Value::as_str) {
             Some("SUCCESS") => Ok(v.get("data").cloned().unwrap_or(Value::Null)),
@@ -84,6 +116,11 @@ pub enum CtlCommand {
     },
     /// Re-read services.json and apply the difference.
     Reload,
+    /// The audit trail: who changed what, when, from where.
+    Audit {
+        #[arg(short = 'n', default_value_t = 50)]
+        lines: usize,
+    },
 }
 
 /// Runs one command and prints its result. Returns the process exit code.
@@ -97,6 +134,7 @@ pub async fn run(target: &Target, cmd: CtlCommand, json: bool) -> i32 {
         CtlCommand::Restart { name } => target.call("POST", &format!("/task/restart{}", q(name)), None).await,
         CtlCommand::Del { name } => target.call("DELETE", &format!("/task/del{}", q(name)), None).await,
         CtlCommand::Reload => target.call("POST", "/reload", None).await,
+        CtlCommand::Audit { lines } => target.call("GET", &format!("/audit?limit={lines}"), None).await,
         CtlCommand::Logs { name, lines } => {
             target.call("GET", &format!("/task/logs?name={name}&lines={lines}"), None).await
         }
@@ -123,6 +161,22 @@ pub async fn run(target: &Target, cmd: CtlCommand, json: bool) -> i32 {
                     }
                 }
                 CtlCommand::Reload => println!("{}", serde_json::to_string(&data).unwrap_or_default()),
+                CtlCommand::Audit { .. } => {
+                    for r in data.as_array().into_iter().flatten() {
+                        let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+                        println!(
+                            "{}  {}  {}  {} {}  {}  {} {}",
+                            s("time"),
+                            s("peer"),
+                            s("identity"),
+                            s("method"),
+                            s("endpoint"),
+                            s("service"),
+                            r["status"],
+                            s("result")
+                        );
+                    }
+                }
                 CtlCommand::Del { name } => println!("{name}: stopped and no longer supervised"),
                 _ if data.is_object() => print!("{}", table(std::slice::from_ref(&data))),
                 _ => println!("ok"),

@@ -45,6 +45,8 @@ enum Cmd {
         /// Print the API's data as JSON, for scripts.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        tls: ctl::TlsArgs,
         #[command(subcommand)]
         command: ctl::CtlCommand,
     },
@@ -60,7 +62,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).init();
+    // Colour only for a person at a terminal: never into journald or a file, never with NO_COLOR.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(colour)
+        .init();
     let config = cli.config.clone().unwrap_or_else(default_config);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -72,8 +81,8 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Cmd::Run) {
         Cmd::Check => check(&config),
         Cmd::Run => runtime.block_on(run(&config)),
-        Cmd::Ctl { url, token_file, json, command } => runtime.block_on(async {
-            match ctl::Target::resolve(&config, url, token_file) {
+        Cmd::Ctl { url, token_file, json, tls, command } => runtime.block_on(async {
+            match ctl::Target::resolve(&config, url, token_file, &tls) {
                 Ok(target) => ExitCode::from(ctl::run(&target, command, json).await as u8),
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -450,7 +450,10 @@ fn parse_health(obj: &Map<String, Value>, problems: &mut Problems, ctx: &str) ->
             );
         } else if let Some(target) = test.get(1) {
             let parsed = match test.first().map(String::as_str) {
-                Some("HTTP") => crate::http::Url::parse(target).map(|_| ()).map_err(|e| e.to_string()),
+                Some("HTTP") => crate::http::Url::parse(target)
+                    .map_err(|e| e.to_string())
+                    .and_then(|u| u.probe_target())
+                    .map(|_| ()),
                 Some("TCP") => crate::http::parse_socket_addr(target).map(|_| ()),
                 _ => Ok(()),
             };

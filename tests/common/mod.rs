@@ -164,8 +164,28 @@ impl Fixture {
 
     /// [`Fixture::start`] with extra environment variables (systemd's, for instance).
     pub fn start_with_env(&self, env: &[(&str, &str)]) -> Nanny<'_> {
+        self.start_in(env, None)
+    }
+
+    /// [`Fixture::start`] with extra environment variables, in working directory `cwd` (systemd
+    /// starts services in `/`).
+    pub fn start_in(&self, env: &[(&str, &str)], cwd: Option<&std::path::Path>) -> Nanny<'_> {
+        let mut n = self.spawn(env, cwd);
+        wait_until("the API to answer /health", Duration::from_secs(20), || {
+            n.check_alive();
+            (n.call("GET", "/health", None).0 == 200).then_some(())
+        });
+        n
+    }
+
+    /// Starts air-nanny without waiting for its API (the caller waits its own way, over TLS say).
+    pub fn spawn(&self, env: &[(&str, &str)], cwd: Option<&std::path::Path>) -> Nanny<'_> {
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(self.path("nanny.log")).unwrap();
-        let child = Command::new(AIR_NANNY)
+        let mut cmd = Command::new(AIR_NANNY);
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let child = cmd
             .args(["run", "--log-level", "debug", "--config"])
             .arg(self.config())
             .envs(env.iter().copied())
@@ -174,17 +194,7 @@ impl Fixture {
             .stderr(stderr)
             .spawn()
             .unwrap();
-        let mut n = Nanny { child: Some(child), fixture: self, token: None };
-        wait_until("the API to answer /health", Duration::from_secs(20), || {
-            if let Some(status) = n.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "air-nanny exited early ({status}):\n{}",
-                    std::fs::read_to_string(self.path("nanny.log")).unwrap()
-                );
-            }
-            (n.call("GET", "/health", None).0 == 200).then_some(())
-        });
-        n
+        Nanny { child: Some(child), fixture: self, token: None }
     }
 
     /// Every live process of a program of this fixture.
@@ -208,6 +218,20 @@ impl Fixture {
             Ok(r) => (r.status, r.json()),
             Err(_) => (0, Value::Null),
         }
+    }
+
+    /// Sends `raw` as it is (an attacker's request) and returns the status and the body.
+    pub fn raw(&self, raw: &[u8]) -> (u16, Value) {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c.write_all(raw).unwrap();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
     }
 
     /// Kills every process left of this fixture's programs (cleanup after a failed test).
@@ -236,6 +260,16 @@ pub struct Nanny<'a> {
 }
 
 impl Nanny<'_> {
+    /// Panics with air-nanny's log if it has exited.
+    pub fn check_alive(&mut self) {
+        if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+            panic!(
+                "air-nanny exited early ({status}):\n{}",
+                std::fs::read_to_string(self.fixture.path("nanny.log")).unwrap_or_default()
+            );
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
     }

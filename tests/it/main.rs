@@ -6,4 +6,6 @@ mod common;
 
 mod api;
 mod check;
+mod security;
 mod supervision;
+mod tls;
