@@ -20,6 +20,8 @@ echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked
+echo "== fuzz targets, 20 s each (tests/fuzz; stable Rust)"
+FUZZ_SECONDS=20 cargo test --locked --test fuzz -- --test-threads 2
 echo "== appliance: static builds, packages, lintian, scratch-root install, qemu smoke tests"
 packaging/test.sh
 echo "== benchmark smoke run (bench/run.sh --quick; no timing is asserted)"

@@ -380,7 +380,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-fn query(raw: Option<String>) -> HashMap<String, String> {
+/// The query string as name → value, percent-decoded (public for the fuzz targets).
+pub fn query(raw: Option<String>) -> HashMap<String, String> {
     raw.unwrap_or_default()
         .split('&')
         .filter(|kv| !kv.is_empty())
