@@ -413,3 +413,25 @@ fn the_audit_trail_records_every_change_with_its_identity_and_survives_a_restart
     assert!(out.contains("/task/stop") && out.contains("write"), "{out}");
     drop(n);
 }
+
+#[test]
+fn token_files_are_re_read_on_sighup() {
+    let f = Fixture::with_config("API_TOKEN_FILE: token\n");
+    f.write("conf/token", "first-token-0123456789\n");
+    let mut n = f.start();
+    assert_eq!(f.http("GET", "/task/get", None, Some("first-token-0123456789")).0, 200);
+    f.write("conf/token", "second-token-0123456789\n");
+    n.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_until("the new token to be accepted", Duration::from_secs(10), || {
+        (f.http("GET", "/task/get", None, Some("second-token-0123456789")).0 == 200).then_some(())
+    });
+    assert_eq!(f.http("GET", "/task/get", None, Some("first-token-0123456789")).0, 401);
+    // A token file that became unusable keeps the token in force, loudly.
+    f.write("conf/token", "short\n");
+    n.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_until("the refusal to be logged", Duration::from_secs(10), || {
+        std::fs::read_to_string(f.path("nanny.log")).unwrap().contains("tokens not reloaded").then_some(())
+    });
+    assert_eq!(f.http("GET", "/task/get", None, Some("second-token-0123456789")).0, 200);
+    assert_eq!(n.terminate().code(), Some(0));
+}
