@@ -90,6 +90,29 @@ pub fn write_with(
     result
 }
 
+/// Removes the temp files that writes of `path` interrupted by a crash or a power cut left behind
+/// (`.NAME.tmp.PID`, `.NAME.bak.tmp.PID`; a finished write leaves none). Call before the first
+/// write. Returns how many were removed.
+pub fn remove_leftovers(path: &Path) -> usize {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return 0 };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let name = name.to_string_lossy();
+    let prefixes = [format!(".{name}.tmp."), format!(".{name}.bak.tmp.")];
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        let leftover = prefixes
+            .iter()
+            .any(|p| file.strip_prefix(p.as_str()).is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())));
+        if leftover && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +157,29 @@ mod tests {
             let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
             assert!(names.iter().all(|n| !n.to_string_lossy().contains(".tmp")), "{step:?}: {names:?}");
         }
+    }
+
+    #[test]
+    fn leftovers_of_interrupted_writes_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("services.json");
+        write(&p, b"[]", true).unwrap();
+        write(&p, b"[1]", true).unwrap();
+        for f in [".services.json.tmp.123", ".services.json.bak.tmp.9", ".state.json.tmp.5"] {
+            fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        // Not ours: other files, and names that merely look alike.
+        for f in ["notes.txt", ".services.json.tmp.", ".services.json.tmp.12x", "services.json.tmp.1"] {
+            fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        assert_eq!(remove_leftovers(&p), 2);
+        assert_eq!(remove_leftovers(&dir.path().join("state.json")), 1);
+        let mut names: Vec<String> =
+            fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [".services.json.tmp.", ".services.json.tmp.12x", "notes.txt", "services.json", "services.json.bak", "services.json.tmp.1"]
+        );
     }
 }

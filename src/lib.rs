@@ -107,7 +107,14 @@ pub async fn run(
     let listener = tls::ApiListener::new(listener, tls.clone())
         .map_err(|source| StartupError::Setup { what: "the API listener", source })?;
     let security = api::Security::new(settings.clone(), tokens, tls);
-    let (sup, supervisor_done) = Supervisor::start(settings.clone(), store.clone(), reaper, shutdown.clone());
+    // Temp files of writes interrupted by a crash or a power cut: never read, only in the way.
+    for file in [settings.services_file.clone(), settings.state_file()] {
+        let removed = atomic::remove_leftovers(&file);
+        if removed > 0 {
+            tracing::info!(file = %file.display(), removed, "removed temp files of interrupted writes");
+        }
+    }
+    let (sup, supervisor_done) = Supervisor::start(settings.clone(), store.clone(), reaper, shutdown.clone())?;
     spawn_signal_task(signals, sup.clone(), security.clone(), shutdown.clone());
 
     let state = api::AppState {

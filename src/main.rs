@@ -116,17 +116,14 @@ fn check(config: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The start order as one line: `[init: a] -> [priority 1: b, c]`.
+/// The start order as one line: `[init, priority 0: a] -> [priority 1: b, c]` (the boot's own order).
 fn plan(services: &[ServiceInfo]) -> String {
-    let mut groups: std::collections::BTreeMap<(bool, i64), Vec<&str>> = Default::default();
-    for s in services {
-        groups.entry((!s.is_init, s.priority)).or_default().push(&s.name);
-    }
-    groups
+    air_nanny::supervisor::boot_order(services)
         .into_iter()
-        .map(|((not_init, prio), names)| {
-            let kind = if not_init { "" } else { "init, " };
-            format!("[{kind}priority {prio}: {}]", names.join(", "))
+        .filter_map(|names| {
+            let first = services.iter().find(|s| names.first() == Some(&s.name))?;
+            let kind = if first.is_init { "init, " } else { "" };
+            Some(format!("[{kind}priority {}: {}]", first.priority, names.join(", ")))
         })
         .collect::<Vec<_>>()
         .join(" -> ")

@@ -456,6 +456,8 @@ fn supervisor_error(e: SupervisorError) -> ApiError {
         SupervisorError::Store(e) => store_error(e),
         SupervisorError::ShuttingDown => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "air-nanny is shutting down"),
         SupervisorError::Failed(reason) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, reason),
+        e @ SupervisorError::Busy(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        e @ SupervisorError::Decision { .. } => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

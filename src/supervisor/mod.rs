@@ -1,24 +1,29 @@
 //! The supervisor: owns the set of service tasks and the operator's persisted decisions; boots
 //! services in order, applies changes (API, SIGHUP) and stops everything in reverse order at shutdown.
 //!
-//! Theory of operation: one actor task holds the map name → [`ServiceHandle`] and the runtime state
-//! (services stopped or unsupervised by the operator). The [`Supervisor`] handle sends it commands.
-//! The actor only does bookkeeping; anything slow (a start, a stop) is awaited by a spawned task that
-//! talks to the service task, so the actor never blocks.
+//! Theory of operation: one actor task holds the map name → [`ServiceHandle`] and the operator's
+//! [`Decisions`]. The [`Supervisor`] handle sends it commands. The actor only does bookkeeping: it
+//! writes a decision, then queues the control on the service (so controls reach a service in the
+//! order the actor decided them) and hands the caller the receiver of the outcome. Nothing slow is
+//! awaited by the actor; the boot runs in its own task and asks the actor for each group, so a
+//! decision made at any moment is the one the boot sees.
 
+mod decisions;
+pub mod machine;
 mod service;
 pub mod state;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use service::{Control, ServiceHandle};
+pub use decisions::Decisions;
+pub use service::{Control, ControlError, Done, Outcome, ServiceHandle};
 pub use state::{Health, State, TaskSnapshot};
 
 use crate::allow::Policy;
@@ -36,21 +41,24 @@ pub enum SupervisorError {
     NoService(String),
     #[error("{0}")]
     Failed(String),
+    #[error("too many requests are queued for {0:?}; try again")]
+    Busy(String),
+    #[error("cannot record the operator's decision in {file}: {reason}; nothing was changed")]
+    Decision { file: String, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("air-nanny is shutting down")]
     ShuttingDown,
 }
 
-/// The operator's decisions that must survive a restart of air-nanny (state.json).
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-struct RuntimeState {
-    /// Stopped through the API: not started at boot until started again.
-    #[serde(default)]
-    stopped: BTreeSet<String>,
-    /// Removed from supervision (`/task/del`): no task at boot until set or started again.
-    #[serde(default)]
-    unsupervised: BTreeSet<String>,
+impl SupervisorError {
+    fn of(name: &str, e: ControlError) -> SupervisorError {
+        match e {
+            ControlError::Ended => SupervisorError::ShuttingDown,
+            ControlError::Busy => SupervisorError::Busy(name.to_string()),
+            ControlError::Failed(reason) => SupervisorError::Failed(reason),
+        }
+    }
 }
 
 /// What a reload changed.
@@ -70,15 +78,20 @@ pub struct ShutdownReport {
 }
 
 type Reply<T> = oneshot::Sender<Result<T, SupervisorError>>;
+/// The actor's answer to a change: where the service's outcome will arrive.
+type Pending = oneshot::Receiver<Outcome>;
 
 enum Command {
     List(oneshot::Sender<Vec<Arc<TaskSnapshot>>>),
     Get(String, oneshot::Sender<Option<Arc<TaskSnapshot>>>),
     Log(String, oneshot::Sender<Option<ServiceLog>>),
-    Apply(Box<ServiceInfo>, Option<Arc<Policy>>, Reply<()>),
-    Remove(String, Reply<()>),
-    Verb(String, Verb, Reply<()>),
+    Order(oneshot::Sender<Vec<Vec<String>>>),
+    Apply(Box<ServiceInfo>, Option<Arc<Policy>>, Reply<Pending>),
+    Remove(String, Reply<Pending>),
+    Verb(String, Verb, Reply<Pending>),
     Reload(Reply<ReloadSummary>),
+    /// The boot asks to start group `n` of the boot order; the answer is what was started.
+    BootGroup(usize, Arc<ProcTable>, oneshot::Sender<Option<Vec<(ServiceHandle, Pending)>>>),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +99,16 @@ pub enum Verb {
     Start,
     Stop,
     Restart,
+}
+
+/// The boot order: init services first, then by priority; services of one group start together.
+/// The one computation of it (the CLI, the boot, shutdown and the API all use this).
+pub fn boot_order(infos: &[ServiceInfo]) -> Vec<Vec<String>> {
+    let mut keyed: BTreeMap<(bool, i64), Vec<String>> = BTreeMap::new();
+    for i in infos {
+        keyed.entry((!i.is_init, i.priority)).or_default().push(i.name.clone());
+    }
+    keyed.into_values().collect()
 }
 
 /// The handle the rest of air-nanny (the API, signals) uses. Cheap to clone.
@@ -97,26 +120,56 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Starts the actor, which boots every service in order. `shutdown` cancelled → every service is
-    /// stopped in reverse order and the returned join handle yields the report.
+    /// stopped in reverse order and the returned join handle yields the report. Fails when the
+    /// operator's decisions cannot be read (state.json and its backup both unusable).
     pub fn start(
         settings: Arc<Settings>,
         store: ConfigStore,
         reaper: Reaper,
         shutdown: CancellationToken,
-    ) -> (Supervisor, tokio::task::JoinHandle<ShutdownReport>) {
+    ) -> Result<(Supervisor, tokio::task::JoinHandle<ShutdownReport>), StoreError> {
+        let state_file = settings.state_file();
+        let (decisions, fell_back) = Decisions::load(&state_file)?;
+        if let Some(reason) = fell_back {
+            tracing::error!(
+                file = %state_file.display(),
+                "the operator's decisions are unreadable ({reason}); USING THE BACKUP; the bad file is kept as state.json.corrupt"
+            );
+        }
         let (tx, rx) = mpsc::channel(64);
         let (booted_tx, booted) = watch::channel(false);
-        let runtime = load_runtime_state(&settings);
-        let actor =
-            Actor { settings, store, reaper, tasks: BTreeMap::new(), runtime, detached: TaskTracker::new(), shutdown };
-        let join = tokio::spawn(actor.run(rx, booted_tx));
-        (Supervisor { tx, booted }, join)
+        let actor = Actor {
+            settings,
+            store,
+            reaper,
+            tasks: BTreeMap::new(),
+            decisions,
+            order: Vec::new(),
+            detached: TaskTracker::new(),
+            shutdown,
+        };
+        let join = tokio::spawn(actor.run(rx, tx.downgrade(), booted_tx));
+        Ok((Supervisor { tx, booted }, join))
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(make(tx)).await.ok()?;
         rx.await.ok()
+    }
+
+    /// Asks for a change, then waits for the service's outcome. Dropping this future (the client
+    /// went away, the request timed out) cancels a restart not yet begun.
+    async fn change(
+        &self,
+        name: &str,
+        make: impl FnOnce(Reply<Pending>) -> Command,
+    ) -> Result<Done, SupervisorError> {
+        let pending = self.ask(make).await.unwrap_or(Err(SupervisorError::ShuttingDown))?;
+        match pending.await {
+            Ok(r) => r.map_err(|e| SupervisorError::of(name, e)),
+            Err(_) => Err(SupervisorError::ShuttingDown),
+        }
     }
 
     /// Every task, in start order.
@@ -133,19 +186,25 @@ impl Supervisor {
         self.ask(|tx| Command::Log(name.to_string(), tx)).await.flatten()
     }
 
+    /// The boot order of the supervised services, as [`boot_order`] computes it.
+    pub async fn order(&self) -> Vec<Vec<String>> {
+        self.ask(Command::Order).await.unwrap_or_default()
+    }
+
     /// Persists `info` and applies it now: starts it, or restarts it if it changed. `policy`: the
     /// allow-list it came in under (a request), applied again to the paths of every start.
-    pub async fn apply(&self, info: ServiceInfo, policy: Option<Arc<Policy>>) -> Result<(), SupervisorError> {
-        self.ask(|tx| Command::Apply(Box::new(info), policy, tx)).await.unwrap_or(Err(SupervisorError::ShuttingDown))
+    pub async fn apply(&self, info: ServiceInfo, policy: Option<Arc<Policy>>) -> Result<Done, SupervisorError> {
+        let name = info.name.clone();
+        self.change(&name, |tx| Command::Apply(Box::new(info), policy, tx)).await
     }
 
     /// Stops the service now and stops supervising it; its configuration stays.
-    pub async fn remove(&self, name: &str) -> Result<(), SupervisorError> {
-        self.ask(|tx| Command::Remove(name.to_string(), tx)).await.unwrap_or(Err(SupervisorError::ShuttingDown))
+    pub async fn remove(&self, name: &str) -> Result<Done, SupervisorError> {
+        self.change(name, |tx| Command::Remove(name.to_string(), tx)).await
     }
 
-    pub async fn control(&self, name: &str, verb: Verb) -> Result<(), SupervisorError> {
-        self.ask(|tx| Command::Verb(name.to_string(), verb, tx)).await.unwrap_or(Err(SupervisorError::ShuttingDown))
+    pub async fn control(&self, name: &str, verb: Verb) -> Result<Done, SupervisorError> {
+        self.change(name, |tx| Command::Verb(name.to_string(), verb, tx)).await
     }
 
     /// Re-reads services.json and applies only the difference.
@@ -165,32 +224,30 @@ struct Actor {
     store: ConfigStore,
     reaper: Reaper,
     tasks: BTreeMap<String, ServiceHandle>,
-    runtime: RuntimeState,
+    decisions: Decisions,
+    /// The boot order computed once at start.
+    order: Vec<Vec<String>>,
     /// Stops of removed services still in progress; shutdown waits for them.
     detached: TaskTracker,
     shutdown: CancellationToken,
 }
 
-/// The start order: init services first, then by priority; services of one group start together.
-fn start_groups(infos: &[ServiceInfo]) -> Vec<Vec<String>> {
-    let mut keyed: BTreeMap<(bool, i64), Vec<String>> = BTreeMap::new();
-    for i in infos {
-        keyed.entry((!i.is_init, i.priority)).or_default().push(i.name.clone());
-    }
-    keyed.into_values().collect()
-}
-
 impl Actor {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>, booted: watch::Sender<bool>) -> ShutdownReport {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        me: mpsc::WeakSender<Command>,
+        booted: watch::Sender<bool>,
+    ) -> ShutdownReport {
         let infos = self.store.list().await;
         for info in &infos {
-            if !self.runtime.unsupervised.contains(&info.name) {
+            if !self.decisions.unsupervised.contains(&info.name) {
                 self.add_task(info.clone());
             }
         }
+        self.order = boot_order(&infos);
         let boot_cancel = self.shutdown.child_token();
-        let boot =
-            tokio::spawn(boot(self.boot_plan(&infos), self.settings.group_start_timeout, boot_cancel.clone(), booted));
+        let boot = tokio::spawn(boot(me, self.settings.group_start_timeout, boot_cancel.clone(), booted));
         let watchdog = crate::notify::watchdog_interval();
         let mut tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         loop {
@@ -204,22 +261,16 @@ impl Actor {
             }
         }
         boot_cancel.cancel();
-        let _ = boot.await;
+        // The boot may be waiting for the actor: answer it (with nothing) until it has ended.
+        let mut boot = boot;
+        loop {
+            tokio::select! {
+                _ = &mut boot => break,
+                Some(cmd) = rx.recv() => if let Command::BootGroup(_, _, reply) = cmd { let _ = reply.send(None); },
+            }
+        }
         rx.close();
         self.stop_all().await
-    }
-
-    fn boot_plan(&self, infos: &[ServiceInfo]) -> Vec<Vec<ServiceHandle>> {
-        start_groups(infos)
-            .into_iter()
-            .map(|g| {
-                g.into_iter()
-                    .filter(|n| !self.runtime.stopped.contains(n))
-                    .filter_map(|n| self.tasks.get(&n).cloned())
-                    .collect::<Vec<_>>()
-            })
-            .filter(|g| !g.is_empty())
-            .collect()
     }
 
     fn add_task(&mut self, info: ServiceInfo) -> ServiceHandle {
@@ -227,6 +278,41 @@ impl Actor {
         let handle = service::spawn(info, self.settings.clone(), self.reaper.clone());
         self.tasks.insert(name, handle.clone());
         handle
+    }
+
+    /// Records `next` as the operator's decisions, on disk first: a failed write changes nothing.
+    async fn decide(&mut self, next: Decisions) -> Result<(), SupervisorError> {
+        if next == self.decisions {
+            return Ok(());
+        }
+        let path = self.settings.state_file();
+        let to_save = next.clone();
+        let written = tokio::task::spawn_blocking(move || to_save.save(&path))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        match written {
+            Ok(()) => {
+                self.decisions = next;
+                Ok(())
+            }
+            Err(e) => {
+                let file = self.settings.state_file().display().to_string();
+                tracing::error!(file = %file, "cannot persist the operator's decision: {e}");
+                Err(SupervisorError::Decision { file, reason: e.to_string() })
+            }
+        }
+    }
+
+    /// The decisions with `name` supervised and not stopped (the operator starts or sets it).
+    fn cleared(&self, name: &str) -> Decisions {
+        let mut next = self.decisions.clone();
+        next.stopped.remove(name);
+        next.unsupervised.remove(name);
+        next
+    }
+
+    fn enqueue(handle: &ServiceHandle, name: &str, control: Control) -> Result<Pending, SupervisorError> {
+        handle.enqueue(control).map_err(|e| SupervisorError::of(name, e))
     }
 
     async fn on_command(&mut self, cmd: Command) {
@@ -259,80 +345,120 @@ impl Actor {
                 };
                 let _ = reply.send(log);
             }
+            Command::Order(reply) => {
+                let infos: Vec<ServiceInfo> = self.tasks.values().map(|h| (*h.snapshot().info).clone()).collect();
+                let _ = reply.send(boot_order(&infos));
+            }
             Command::Apply(info, policy, reply) => {
-                if let Err(e) = self.store.upsert((*info).clone()).await {
-                    let _ = reply.send(Err(e.into()));
-                    return;
-                }
-                let name = info.name.clone();
-                self.forget_decision(&name).await;
-                let handle = match self.tasks.get(&name) {
-                    Some(h) => h.clone(),
-                    None => self.add_task((*info).clone()),
-                };
-                tokio::spawn(async move {
-                    let r = handle.send(Control::Apply(info, policy)).await.map_err(SupervisorError::Failed);
-                    let _ = reply.send(r);
-                });
+                let _ = reply.send(self.apply(info, policy).await);
             }
             Command::Remove(name, reply) => {
-                let Some(handle) = self.tasks.remove(&name) else {
-                    let _ = reply.send(Err(SupervisorError::NoTask(name)));
-                    return;
-                };
-                self.runtime.stopped.remove(&name);
-                self.runtime.unsupervised.insert(name.clone());
-                self.save_runtime_state().await;
-                self.detached.spawn(async move {
-                    let r = handle.send(Control::Stop).await.map_err(SupervisorError::Failed);
-                    let _ = reply.send(r);
-                });
+                let _ = reply.send(self.remove(name).await);
             }
             Command::Verb(name, verb, reply) => {
-                let handle = match self.tasks.get(&name) {
-                    Some(h) => h.clone(),
-                    None => match (verb, self.store.get(&name).await) {
-                        (Verb::Stop, _) | (_, None) => {
-                            let _ = reply.send(Err(if self.store.get(&name).await.is_some() {
-                                SupervisorError::NoTask(name)
-                            } else {
-                                SupervisorError::NoService(name)
-                            }));
-                            return;
-                        }
-                        (_, Some(info)) => self.add_task(info),
-                    },
-                };
-                match verb {
-                    Verb::Stop => {
-                        self.runtime.stopped.insert(name.clone());
-                        self.save_runtime_state().await;
-                    }
-                    Verb::Start | Verb::Restart => self.forget_decision(&name).await,
-                }
-                let control = match verb {
-                    Verb::Start => Control::Start,
-                    Verb::Stop => Control::Stop,
-                    Verb::Restart => Control::Restart,
-                };
-                tokio::spawn(async move {
-                    let r = handle.send(control).await.map_err(SupervisorError::Failed);
-                    let _ = reply.send(r);
-                });
+                let _ = reply.send(self.verb(name, verb).await);
             }
             Command::Reload(reply) => {
                 let _ = reply.send(self.reload().await);
             }
+            Command::BootGroup(n, table, reply) => {
+                let _ = reply.send(Some(self.boot_group(n, table)));
+            }
         }
     }
 
-    /// The operator starts or sets a service: it is supervised and started at boot again.
-    async fn forget_decision(&mut self, name: &str) {
-        let a = self.runtime.stopped.remove(name);
-        let b = self.runtime.unsupervised.remove(name);
-        if a || b {
-            self.save_runtime_state().await;
+    async fn apply(&mut self, info: Box<ServiceInfo>, policy: Option<Arc<Policy>>) -> Result<Pending, SupervisorError> {
+        let name = info.name.clone();
+        let before = self.decisions.clone();
+        self.decide(self.cleared(&name)).await?;
+        if let Err(e) = self.store.upsert((*info).clone()).await {
+            // Put the decisions back as they were: a failed request changes nothing.
+            let _ = self.decide(before).await;
+            return Err(e.into());
         }
+        let handle = match self.tasks.get(&name) {
+            Some(h) => h.clone(),
+            None => self.add_task((*info).clone()),
+        };
+        Self::enqueue(&handle, &name, Control::Apply(info, policy))
+    }
+
+    async fn remove(&mut self, name: String) -> Result<Pending, SupervisorError> {
+        if !self.tasks.contains_key(&name) {
+            return Err(SupervisorError::NoTask(name));
+        }
+        let mut next = self.decisions.clone();
+        next.stopped.remove(&name);
+        next.unsupervised.insert(name.clone());
+        self.decide(next).await?;
+        let handle = self.tasks.remove(&name).ok_or_else(|| SupervisorError::NoTask(name.clone()))?;
+        let table = Arc::new(ProcTable::default());
+        let outcome = Self::enqueue(&handle, &name, Control::Shutdown(table)).or_else(|_| {
+            // Its queue is full: the stop must still happen; wait for room beside the actor.
+            let (tx, rx) = oneshot::channel();
+            let h = handle.clone();
+            self.detached.spawn(async move {
+                let _ = tx.send(h.send(Control::Stop).await);
+            });
+            Ok::<_, SupervisorError>(rx)
+        })?;
+        // Shutdown waits for this stop: track it until the service has stopped.
+        let (tx, rx) = oneshot::channel();
+        self.detached.spawn(async move {
+            let r = outcome.await.unwrap_or(Err(ControlError::Ended));
+            drop(handle);
+            let _ = tx.send(r);
+        });
+        Ok(rx)
+    }
+
+    async fn verb(&mut self, name: String, verb: Verb) -> Result<Pending, SupervisorError> {
+        let existing = self.tasks.get(&name).cloned();
+        let info = match existing {
+            Some(_) => None,
+            None => match (verb, self.store.get(&name).await) {
+                (_, None) => return Err(SupervisorError::NoService(name)),
+                (Verb::Stop, Some(_)) => return Err(SupervisorError::NoTask(name)),
+                (_, Some(info)) => Some(info),
+            },
+        };
+        let next = match verb {
+            Verb::Stop => {
+                let mut next = self.decisions.clone();
+                next.stopped.insert(name.clone());
+                next
+            }
+            Verb::Start | Verb::Restart => self.cleared(&name),
+        };
+        self.decide(next).await?;
+        let handle = match (existing, info) {
+            (Some(h), _) => h,
+            (None, Some(info)) => self.add_task(info),
+            (None, None) => return Err(SupervisorError::NoService(name)),
+        };
+        let control = match verb {
+            Verb::Start => Control::Start,
+            Verb::Stop => Control::Stop,
+            Verb::Restart => Control::Restart,
+        };
+        Self::enqueue(&handle, &name, control)
+    }
+
+    /// Starts group `n` of the boot order, as the operator's decisions stand now.
+    fn boot_group(&mut self, n: usize, table: Arc<ProcTable>) -> Vec<(ServiceHandle, Pending)> {
+        let Some(group) = self.order.get(n) else { return Vec::new() };
+        let mut started = Vec::new();
+        for name in group {
+            if self.decisions.stopped.contains(name) {
+                continue;
+            }
+            let Some(h) = self.tasks.get(name) else { continue };
+            match h.enqueue(Control::Boot(table.clone())) {
+                Ok(pending) => started.push((h.clone(), pending)),
+                Err(e) => tracing::warn!(service = %name, "not started at boot: {e}"),
+            }
+        }
+        started
     }
 
     async fn reload(&mut self) -> Result<ReloadSummary, SupervisorError> {
@@ -345,77 +471,72 @@ impl Actor {
         let current: Vec<String> = self.tasks.keys().cloned().collect();
         for name in current {
             if !wanted.contains_key(&name) {
-                let handle = self.tasks.remove(&name).expect("listed above");
-                summary.removed.push(name);
-                self.detached.spawn(async move {
-                    let _ = handle.send(Control::Stop).await;
-                });
+                if let Some(handle) = self.tasks.remove(&name) {
+                    summary.removed.push(name);
+                    self.detached.spawn(async move {
+                        let _ = handle.send(Control::Shutdown(Arc::new(ProcTable::default()))).await;
+                    });
+                }
             }
         }
         for (name, info) in wanted {
-            if self.runtime.unsupervised.contains(&name) {
+            if self.decisions.unsupervised.contains(&name) {
                 continue;
             }
-            match self.tasks.get(&name) {
-                Some(h) if *h.snapshot().info == info => summary.unchanged.push(name),
+            // The operator's decision as it stands now: a stopped service takes the new
+            // configuration but stays stopped.
+            let stopped = self.decisions.stopped.contains(&name);
+            let (handle, control) = match self.tasks.get(&name) {
+                Some(h) if *h.snapshot().info == info => {
+                    summary.unchanged.push(name);
+                    continue;
+                }
                 Some(h) => {
-                    summary.changed.push(name);
-                    let (h, stopped) = (h.clone(), self.runtime.stopped.contains(&info.name));
-                    tokio::spawn(async move {
-                        // A service the operator stopped takes the new configuration but stays stopped.
-                        let control = if stopped {
-                            Control::Update(Box::new(info))
-                        } else {
-                            Control::Apply(Box::new(info), None)
-                        };
-                        let _ = h.send(control).await;
-                    });
+                    summary.changed.push(name.clone());
+                    let control =
+                        if stopped { Control::Update(Box::new(info)) } else { Control::Apply(Box::new(info), None) };
+                    (h.clone(), control)
                 }
                 None => {
                     summary.added.push(name.clone());
                     let h = self.add_task(info);
-                    if !self.runtime.stopped.contains(&name) {
-                        tokio::spawn(async move {
-                            let _ = h.send(Control::Start).await;
-                        });
+                    if stopped {
+                        continue;
                     }
+                    (h, Control::Start)
                 }
-            }
+            };
+            tokio::spawn(async move {
+                if let Err(e) = handle.send(control).await {
+                    tracing::warn!(service = %name, "after reload: {e}");
+                }
+            });
         }
+        self.order = boot_order(&self.store.list().await);
         tracing::info!(?summary, "reloaded services.json");
         Ok(summary)
     }
 
-    async fn save_runtime_state(&self) {
-        let path = self.settings.state_file();
-        let bytes = serde_json::to_vec_pretty(&self.runtime).expect("runtime state serialises");
-        let r = tokio::task::spawn_blocking(move || {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            crate::atomic::write(&path, &bytes, false)
-        })
-        .await
-        .expect("write task never panics");
-        if let Err(e) = r {
-            tracing::error!(file = %self.settings.state_file().display(), "cannot persist the operator's decision: {e}");
-        }
-    }
-
     /// Stops every service in reverse start order (groups in reverse; inside a group together).
+    /// One pass over /proc serves every service that has to look for its program.
     async fn stop_all(mut self) -> ShutdownReport {
         tracing::info!("stopping all services in reverse order");
+        let table = Arc::new(tokio::task::spawn_blocking(ProcTable::scan).await.unwrap_or_default());
         let infos: Vec<ServiceInfo> = self.tasks.values().map(|h| (*h.snapshot().info).clone()).collect();
         let mut faults = Vec::new();
-        for group in start_groups(&infos).into_iter().rev() {
-            let stops =
-                group.into_iter().filter_map(|n| self.tasks.remove(&n).map(|h| (n, h))).map(|(n, h)| async move {
-                    let r = h.send(Control::Stop).await;
+        for group in boot_order(&infos).into_iter().rev() {
+            let stops = group.into_iter().filter_map(|n| self.tasks.remove(&n).map(|h| (n, h))).map(|(n, h)| {
+                let table = table.clone();
+                async move {
+                    let r = h.send(Control::Shutdown(table)).await;
                     (n, r)
-                });
+                }
+            });
             for (name, r) in futures_util::future::join_all(stops).await {
-                if let Err(e) = r {
-                    faults.push((name, e));
+                match r {
+                    Ok(Done { stop_fault: Some(f) }) => faults.push((name, f)),
+                    Ok(_) => {}
+                    Err(e) => faults.push((name, e.to_string())),
                 }
             }
         }
@@ -425,31 +546,57 @@ impl Actor {
     }
 }
 
-/// Starts the groups in order; a group starts when every service of the previous one is up (and
-/// healthy, if checked) or has failed, or after `group_timeout`.
+/// Starts the groups in order; a group starts when every service of the previous one runs (and is
+/// healthy, if checked) or has given up, or after `group_timeout`. Each group is asked of the actor,
+/// which starts it as the operator's decisions stand at that moment.
 async fn boot(
-    plan: Vec<Vec<ServiceHandle>>,
+    actor: mpsc::WeakSender<Command>,
     group_timeout: Duration,
     cancel: CancellationToken,
     booted: watch::Sender<bool>,
 ) {
-    for (i, group) in plan.into_iter().enumerate() {
-        let names: Vec<String> = group.iter().map(|h| h.snapshot().info.name.clone()).collect();
-        tracing::info!(group = i + 1, services = ?names, "starting group");
+    for n in 0.. {
+        if cancel.is_cancelled() {
+            return;
+        }
         // One pass over /proc finds the programs to adopt for the whole group.
         let table = Arc::new(tokio::task::spawn_blocking(ProcTable::scan).await.unwrap_or_default());
-        let starts = group.into_iter().map(|h| {
-            let table = table.clone();
-            async move {
-                let _ = h.send(Control::Boot(table)).await;
-                let mut rx = h.watch();
-                let _ = rx.wait_for(|s| s.settled()).await;
+        let Some(tx) = actor.upgrade() else { return };
+        let (reply, rx) = oneshot::channel();
+        if tx.send(Command::BootGroup(n, table, reply)).await.is_err() {
+            return;
+        }
+        drop(tx);
+        let group = match rx.await {
+            Ok(Some(g)) => g,
+            _ => return,
+        };
+        if group.is_empty() {
+            // Past the last group, or every service of this one stopped by the operator: go on
+            // until the order is exhausted.
+            let (reply, rx) = oneshot::channel();
+            let more = match actor.upgrade() {
+                Some(tx) => tx.send(Command::Order(reply)).await.is_ok() && rx.await.is_ok_and(|o| o.len() > n + 1),
+                None => false,
+            };
+            if !more {
+                break;
             }
+            continue;
+        }
+        let names: Vec<String> = group.iter().map(|(h, _)| h.snapshot().info.name.clone()).collect();
+        tracing::info!(group = n + 1, services = ?names, "starting group");
+        let starts = group.into_iter().map(|(h, pending)| async move {
+            // First its start's outcome (so that the snapshot is not the one from before it),
+            // then until it has settled.
+            let _ = pending.await;
+            let mut rx = h.watch();
+            let _ = rx.wait_for(|s| s.settled()).await;
         });
         tokio::select! {
             r = tokio::time::timeout(group_timeout, futures_util::future::join_all(starts)) => {
                 if r.is_err() {
-                    tracing::warn!(group = i + 1, "group did not settle within {}s; going on", group_timeout.as_secs());
+                    tracing::warn!(group = n + 1, "group did not settle within {}s; going on", group_timeout.as_secs());
                 }
             }
             _ = cancel.cancelled() => return,
@@ -457,17 +604,6 @@ async fn boot(
     }
     tracing::info!("boot order complete");
     let _ = booted.send(true);
-}
-
-fn load_runtime_state(settings: &Settings) -> RuntimeState {
-    let path = settings.state_file();
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            tracing::error!(file = %path.display(), "runtime state is unreadable ({e}); starting every service");
-            RuntimeState::default()
-        }),
-        Err(_) => RuntimeState::default(),
-    }
 }
 
 #[cfg(test)]
@@ -485,7 +621,7 @@ mod tests {
 
     #[test]
     fn init_services_come_first_whatever_the_priority() {
-        let groups = start_groups(&[
+        let groups = boot_order(&[
             info("late", false, -5),
             info("init2", true, 9),
             info("b", false, 1),

@@ -1,12 +1,14 @@
-//! One task per service: it alone runs the service's start and stop, watches its program, runs its
-//! health checks and restarts it; others talk to it through a [`ServiceHandle`].
+//! One task per service: it owns the service's [`Machine`], runs the actions the machine decides
+//! (starts and stops beside itself, watchers, health probes) and feeds their results back; others
+//! talk to it through a [`ServiceHandle`].
 //!
-//! Theory of operation: the task waits in one `select!` on controls (start, stop, restart, apply),
-//! events (a watched pid exited, a health check answered) and the next deadline (backoff over, next
-//! check due); there is no polling tick. Every run of the program has a generation; watchers and
-//! checks of an older generation are cancelled, and their late events are ignored.
+//! Theory of operation: the task waits in one `select!` on its queue (controls and events, bounded)
+//! and the machine's next deadline; there is no polling tick. It never awaits a start, a stop or a
+//! probe: those are spawned and report back as events tagged with their generation, so a stop can
+//! always interrupt a start, and late events of an older run are ignored by the machine.
 
-use std::path::Path;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -16,13 +18,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::state::{Backoff, Health, State, TaskSnapshot};
+use super::machine::{Action, Answer, CheckPlan, Input, Level, Limits, Lookup, Machine, StartOutcome};
+use super::state::{State, TaskSnapshot};
 use crate::allow::Policy;
 use crate::config::{Probe, Resolved, ServiceInfo, Settings};
 use crate::health;
 use crate::logfile::ServiceLog;
 use crate::process::{self, ProcTable};
 use crate::reaper::{Exit, Reaper};
+
+/// Requests and events a service task can hold before a request is refused as busy. The task
+/// drains its queue at once (it never awaits an action), so this is only reached by a flood.
+const QUEUE: usize = 32;
 
 /// What a caller asks of a service.
 #[derive(Debug)]
@@ -31,6 +38,8 @@ pub enum Control {
     /// Start at boot: adopt from this snapshot of /proc (one scan for a whole group).
     Boot(Arc<ProcTable>),
     Stop,
+    /// Stop at shutdown or removal: one snapshot of /proc for all; a service at rest stays so.
+    Shutdown(Arc<ProcTable>),
     Restart,
     /// Use this configuration from now on: start it, or restart it if it changed. With the
     /// allow-list it came in under when it came from a request (checked again at every start).
@@ -40,40 +49,54 @@ pub enum Control {
     Update(Box<ServiceInfo>),
 }
 
+/// How a request ended well.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Done {
+    /// The stop needed force (or its command failed): counted in StopFaultNum, but the service is
+    /// stopped, which is what was asked.
+    pub stop_fault: Option<String>,
+}
+
+/// Why a request could not be done.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ControlError {
+    #[error("the service task has ended")]
+    Ended,
+    #[error("too many requests are queued for this service; try again")]
+    Busy,
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub type Outcome = Result<Done, ControlError>;
+
 struct Request {
     control: Control,
-    reply: oneshot::Sender<Result<(), String>>,
+    reply: oneshot::Sender<Outcome>,
 }
 
-/// What happened, told to the service task.
-enum Event {
-    /// A watched process of generation `gen` is gone; `exit` is known for direct-mode children.
-    Gone {
-        gen: u64,
-        pid: i32,
-        exit: Option<Exit>,
-    },
-    Checked {
-        gen: u64,
-        result: Result<(), String>,
-    },
-}
-
-/// Everything a service task hears, in one queue: one channel per service, not two.
+/// Everything a service task hears, in one bounded queue.
 enum Msg {
     Request(Request),
     Event(Event),
 }
 
-/// How watchers and checks report back: a weak sender, so that the task still ends when its last
-/// handle goes, whatever watchers are left.
+/// What actions report. `Started` carries a direct-mode child's exit receiver beside the pure
+/// outcome the machine sees.
+enum Event {
+    Input(Input),
+    Started { gen: u64, outcome: StartOutcome },
+}
+
+/// How actions and watchers report back: a weak sender, so that the task still ends when its last
+/// handle goes, whatever watchers are left. Starts and stops hold a strong one while they run.
 #[derive(Clone)]
-struct Events(mpsc::WeakUnboundedSender<Msg>);
+struct Events(mpsc::WeakSender<Msg>);
 
 impl Events {
-    fn send(&self, event: Event) {
+    async fn send(&self, input: Input) {
         if let Some(tx) = self.0.upgrade() {
-            let _ = tx.send(Msg::Event(event));
+            let _ = tx.send(Msg::Event(Event::Input(input))).await;
         }
     }
 }
@@ -81,17 +104,29 @@ impl Events {
 /// The handle on one service task. Cheap to clone.
 #[derive(Clone)]
 pub struct ServiceHandle {
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::Sender<Msg>,
     snapshot: watch::Receiver<Arc<TaskSnapshot>>,
     log: ServiceLog,
 }
 
 impl ServiceHandle {
-    /// Asks the task to do `control` and waits until it is done; `Err` carries the reason it failed.
-    pub async fn send(&self, control: Control) -> Result<(), String> {
+    /// Queues `control` now (the order of queued controls is the order of the calls) and returns
+    /// where its outcome will arrive. A caller that drops the receiver before a restart is taken
+    /// from the queue cancels that restart.
+    pub fn enqueue(&self, control: Control) -> Result<oneshot::Receiver<Outcome>, ControlError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Msg::Request(Request { control, reply })).map_err(|_| "the service task has ended".to_string())?;
-        rx.await.map_err(|_| "the service task has ended".to_string())?
+        self.tx.try_send(Msg::Request(Request { control, reply })).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ControlError::Busy,
+            mpsc::error::TrySendError::Closed(_) => ControlError::Ended,
+        })?;
+        Ok(rx)
+    }
+
+    /// Queues `control`, waiting for room if need be (shutdown, boot), and waits for its outcome.
+    pub async fn send(&self, control: Control) -> Outcome {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Request(Request { control, reply })).await.map_err(|_| ControlError::Ended)?;
+        rx.await.map_err(|_| ControlError::Ended)?
     }
 
     /// The latest snapshot (shared, not copied).
@@ -108,30 +143,32 @@ impl ServiceHandle {
     }
 }
 
-/// Starts the task for `info`, initially stopped. It ends when every handle is dropped.
+/// Starts the task for `info`, initially stopped. It ends when every handle is dropped and its
+/// program is stopped.
 pub fn spawn(info: ServiceInfo, settings: Arc<Settings>, reaper: Reaper) -> ServiceHandle {
     let log = ServiceLog::open(&settings.log_dir, &info.name, settings.log_max_bytes, settings.log_max_files);
-    let (tx, inbox) = mpsc::unbounded_channel();
+    let (tx, inbox) = mpsc::channel(QUEUE);
     let info = Arc::new(info);
     let (snapshot_tx, snapshot) = watch::channel(Arc::new(TaskSnapshot::new(info.clone())));
-    let events = Events(tx.downgrade());
     let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
         ^ (info.name.len() as u64) << 32;
-    let backoff = Backoff::new(settings.backoff_base, settings.backoff_max, settings.backoff_reset, seed);
     let task = ServiceTask {
-        snap: TaskSnapshot::new(info),
+        limits: limits(&settings, &info),
+        snap: TaskSnapshot::new(info.clone()),
+        info,
         settings,
         reaper,
         log: log.clone(),
-        run: Run::default(),
-        gen: 0,
-        gen_token: CancellationToken::new(),
-        backoff,
-        backoff_until: None,
-        restart_absent: false,
+        machine: Machine::new(seed),
         policy: None,
         paths: None,
-        events,
+        run_cfg: None,
+        child: None,
+        start_token: None,
+        run_token: None,
+        start_waiters: Vec::new(),
+        stop_waiters: Vec::new(),
+        events: Events(tx.downgrade()),
         inbox,
         snapshot_tx,
     };
@@ -139,91 +176,234 @@ pub fn spawn(info: ServiceInfo, settings: Arc<Settings>, reaper: Reaper) -> Serv
     ServiceHandle { tx, snapshot, log }
 }
 
-/// How `start` learns whether the program already runs (and must be adopted, not started).
-enum Lookup {
-    Scan,
-    Table(Arc<ProcTable>),
-    /// Just seen gone (it died, or was stopped, a moment ago): nothing to adopt, no scan.
-    KnownAbsent,
+/// The machine's view of a configuration.
+fn limits(settings: &Settings, info: &ServiceInfo) -> Limits {
+    let hc = &info.health_check;
+    Limits {
+        daemon: info.is_daemon,
+        direct: info.is_direct(),
+        start_timeout: settings.start_timeout_of(info),
+        check: hc.is_health_check.then(|| CheckPlan {
+            interval: Duration::from_secs(hc.interval),
+            start_interval: Duration::from_secs(hc.start_interval()),
+            start_period: Duration::from_secs(hc.start_period),
+            retries: hc.retries,
+        }),
+        backoff_base: settings.backoff_base,
+        backoff_max: settings.backoff_max,
+        backoff_reset: settings.backoff_reset,
+        start_limit: settings.start_limit,
+    }
 }
 
-/// The current run of the program: its processes and the health-check schedule.
-#[derive(Default)]
-struct Run {
-    pids: Vec<i32>,
-    started: Option<Instant>,
-    /// Consecutive failed checks (outside the start period).
-    failures: u32,
-    in_start_period: bool,
-    next_check: Option<Instant>,
+/// What a run was started with: its stop and its checks use the same, even after a new
+/// configuration was applied.
+#[derive(Clone)]
+struct RunCfg {
+    info: Arc<ServiceInfo>,
+    paths: Arc<Resolved>,
+}
+
+/// Everything a spawned start or stop needs, by value.
+#[derive(Clone)]
+struct Ctx {
+    settings: Arc<Settings>,
+    reaper: Reaper,
+    log: ServiceLog,
+    info: Arc<ServiceInfo>,
+    paths: Option<Arc<Resolved>>,
 }
 
 struct ServiceTask {
     settings: Arc<Settings>,
     reaper: Reaper,
     log: ServiceLog,
-    /// What observers see; `state`, `pids` and `health` always describe the truth.
-    snap: TaskSnapshot,
-    run: Run,
-    gen: u64,
-    gen_token: CancellationToken,
-    backoff: Backoff,
-    backoff_until: Option<Instant>,
-    /// The pending restart follows at once a confirmed absence of the program.
-    restart_absent: bool,
+    /// The current configuration and the machine's view of it.
+    info: Arc<ServiceInfo>,
+    limits: Limits,
+    machine: Machine,
     /// The allow-list the configuration came in under, when it came from a request.
     policy: Option<Arc<Policy>>,
-    /// The paths of the current configuration, resolved at the last start (or when first needed).
+    /// The paths of the current configuration, resolved when first needed (finding the program).
     paths: Option<Arc<Resolved>>,
+    /// What the current (or last) run was started with.
+    run_cfg: Option<RunCfg>,
+    /// A direct-mode child's exit, from its start until it is watched.
+    child: Option<(i32, oneshot::Receiver<Exit>)>,
+    start_token: Option<CancellationToken>,
+    /// Cancels the watchers and probes of the current run.
+    run_token: Option<CancellationToken>,
+    start_waiters: Vec<oneshot::Sender<Outcome>>,
+    stop_waiters: Vec<oneshot::Sender<Outcome>>,
+    /// What observers see, derived from the machine after every step.
+    snap: TaskSnapshot,
     events: Events,
-    inbox: mpsc::UnboundedReceiver<Msg>,
+    inbox: mpsc::Receiver<Msg>,
     snapshot_tx: watch::Sender<Arc<TaskSnapshot>>,
 }
 
 impl ServiceTask {
     async fn run(mut self) {
         loop {
-            let wake = self.next_wakeup();
-            if self.snap.state == State::Backoff && wake.is_some_and(|w| w <= Instant::now()) {
-                // A restart due now (the first one after a death) does not wait for a timer tick.
-                Box::pin(self.on_deadline()).await;
-                self.publish();
-                continue;
-            }
+            let wake = self.machine.next_deadline();
             tokio::select! {
                 msg = self.inbox.recv() => match msg {
-                    // Boxed: the long start and stop sequences take memory only while they run, not
-                    // for the whole life of an idle task (this is most of a service's footprint).
-                    Some(Msg::Request(Request { control, reply })) => {
-                        let r = Box::pin(self.on_control(control)).await;
-                        let _ = reply.send(r);
-                    }
-                    Some(Msg::Event(ev)) => Box::pin(self.on_event(ev)).await,
-                    None => break,
+                    Some(Msg::Request(r)) => self.on_request(r),
+                    Some(Msg::Event(Event::Input(input))) => self.feed(input),
+                    Some(Msg::Event(Event::Started { gen, outcome })) => self.feed(Input::Started { gen, outcome }),
+                    None if self.at_rest() => break,
+                    None => self.wind_down(),
                 },
-                _ = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => Box::pin(self.on_deadline()).await,
+                _ = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => self.feed(Input::Tick),
             }
             self.publish();
         }
-        // Every handle is gone (removed, or shut down): nothing of the service may outlive its task.
-        if matches!(self.snap.state, State::Running | State::Backoff) {
-            let _ = Box::pin(self.stop()).await;
+        if let Some(t) = self.run_token.take() {
+            t.cancel();
         }
-        self.gen_token.cancel();
     }
 
-    fn next_wakeup(&self) -> Option<Instant> {
-        match self.snap.state {
-            State::Backoff => self.backoff_until,
-            State::Running => self.run.next_check,
-            _ => None,
+    /// Nothing of the service runs, and nothing is in flight.
+    fn at_rest(&self) -> bool {
+        matches!(self.machine.state(), State::Stopped | State::Exited | State::Failed)
+            || matches!(self.machine.phase, super::machine::Phase::Backoff { known_absent: true, .. })
+    }
+
+    /// Every handle is gone (removed, or shut down) while the program runs: nothing of the service
+    /// may outlive its task. The queue has closed, so the stop gets a fresh one to report on.
+    fn wind_down(&mut self) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        self.inbox = rx;
+        self.events = Events(tx.downgrade());
+        self.feed(Input::Shutdown(Lookup::Scan));
+        // The stop now holds the only strong sender: the queue closes again when it has reported.
+    }
+
+    fn on_request(&mut self, Request { control, reply }: Request) {
+        let input = match control {
+            Control::Start => {
+                self.start_waiters.push(reply);
+                Input::Start(Lookup::Scan)
+            }
+            Control::Boot(table) => {
+                self.start_waiters.push(reply);
+                Input::Start(Lookup::Table(table))
+            }
+            Control::Restart => {
+                // Its requester gave up (timed out, went away): a restart must not happen later.
+                if reply.is_closed() {
+                    return;
+                }
+                self.start_waiters.push(reply);
+                Input::Restart
+            }
+            Control::Stop => {
+                self.stop_waiters.push(reply);
+                Input::Stop
+            }
+            Control::Shutdown(table) => {
+                self.stop_waiters.push(reply);
+                Input::Shutdown(Lookup::Table(table))
+            }
+            Control::Apply(info, policy) => {
+                let changed = self.configure(*info);
+                if changed || self.machine.state() != State::Running {
+                    self.policy = policy;
+                }
+                self.start_waiters.push(reply);
+                Input::Configure { changed, start: true }
+            }
+            Control::Update(info) => {
+                let changed = self.configure(*info);
+                if changed {
+                    self.policy = None;
+                }
+                self.start_waiters.push(reply);
+                Input::Configure { changed, start: false }
+            }
+        };
+        self.feed(input);
+    }
+
+    /// Takes `info` as the configuration from now on; true when it differs.
+    fn configure(&mut self, info: ServiceInfo) -> bool {
+        if info == *self.info {
+            return false;
         }
+        self.info = Arc::new(info);
+        self.limits = limits(&self.settings, &self.info);
+        self.paths = None;
+        true
+    }
+
+    /// Steps the machine and runs what it decides, feeding back what actions answer at once.
+    fn feed(&mut self, input: Input) {
+        let mut todo: VecDeque<Action> = self.machine.step(input, &self.limits, Instant::now()).into();
+        while let Some(action) = todo.pop_front() {
+            if let Some(next) = self.act(action) {
+                todo.extend(self.machine.step(next, &self.limits, Instant::now()));
+            }
+        }
+    }
+
+    fn act(&mut self, action: Action) -> Option<Input> {
+        match action {
+            Action::Start { gen, lookup } => return self.start(gen, lookup),
+            Action::CancelStart { .. } => {
+                if let Some(t) = self.start_token.take() {
+                    t.cancel();
+                }
+            }
+            Action::Stop { gen, pids, lookup } => self.stop(gen, pids, lookup),
+            Action::Watch { gen, pids } => self.watch(gen, &pids),
+            Action::Relook { gen } => {
+                let pids = process::find_program(&self.program_path());
+                return Some(Input::Found { gen, pids });
+            }
+            Action::Probe { gen } => return self.probe(gen),
+            Action::KillGroup { pid } => process::signal_group(pid, Signal::SIGKILL),
+            Action::Answer(Answer::Start(r)) => {
+                for w in self.start_waiters.drain(..) {
+                    let _ = w.send(r.clone().map(|()| Done::default()).map_err(ControlError::Failed));
+                }
+            }
+            Action::Answer(Answer::Stop(fault)) => {
+                for w in self.stop_waiters.drain(..) {
+                    let _ = w.send(Ok(Done { stop_fault: fault.clone() }));
+                }
+            }
+            Action::Note(level, text) => {
+                self.log.note(&text);
+                let name = &self.info.name;
+                match level {
+                    Level::Info => tracing::info!(service = %name, "{text}"),
+                    Level::Warn => tracing::warn!(service = %name, "{text}"),
+                    Level::Error => tracing::error!(service = %name, "{text}"),
+                }
+            }
+        }
+        None
     }
 
     /// Publishes the snapshot when something observers can see changed (a new version invalidates
     /// what readers derived from the old one, such as the API's cached JSON).
     fn publish(&mut self) {
-        self.snap.pids.clone_from(&self.run.pids);
+        let m = &self.machine;
+        let state = m.state();
+        if state != self.snap.state {
+            self.snap.state = state;
+            self.snap.since = SystemTime::now();
+        }
+        if !Arc::ptr_eq(&self.snap.info, &self.info) {
+            self.snap.info = self.info.clone();
+        }
+        self.snap.pids.clone_from(&m.pids().to_vec());
+        self.snap.health = m.health();
+        self.snap.restarts = m.restarts;
+        self.snap.start_faults = m.start_faults;
+        self.snap.stop_faults = m.stop_faults;
+        self.snap.last_exit.clone_from(&m.last_exit);
+        self.snap.last_error.clone_from(&m.last_error);
         if *self.snapshot_tx.borrow().as_ref() == self.snap {
             return;
         }
@@ -231,523 +411,338 @@ impl ServiceTask {
         self.snapshot_tx.send_replace(Arc::new(self.snap.clone()));
     }
 
-    fn set_state(&mut self, state: State) {
-        if self.snap.state != state {
-            self.snap.state = state;
-            self.snap.since = SystemTime::now();
+    /// The program's path, for finding it in /proc: the running one's, else the configuration's.
+    fn program_path(&mut self) -> PathBuf {
+        if let Some(run) = &self.run_cfg {
+            return run.paths.program.clone();
         }
-        if state != State::Running {
-            self.run = Run::default();
-            self.snap.health = Health::None;
-        }
-        self.publish();
-    }
-
-    async fn on_control(&mut self, control: Control) -> Result<(), String> {
-        match control {
-            Control::Start | Control::Boot(_) if matches!(self.snap.state, State::Running) => Ok(()),
-            Control::Start => {
-                self.backoff.reset();
-                self.start(Lookup::Scan).await
-            }
-            Control::Boot(table) => {
-                self.backoff.reset();
-                self.start(Lookup::Table(table)).await
-            }
-            Control::Stop => self.stop().await,
-            Control::Restart => {
-                let stopped = self.stop().await;
-                self.backoff.reset();
-                self.snap.restarts += 1;
-                let started = self.start(Lookup::KnownAbsent).await;
-                stopped.and(started)
-            }
-            Control::Update(info) if !matches!(self.snap.state, State::Running) => {
-                self.snap.info = Arc::new(*info);
-                (self.policy, self.paths) = (None, None);
-                Ok(())
-            }
-            Control::Apply(info, policy) => self.apply(info, policy).await,
-            Control::Update(info) => self.apply(info, None).await,
-        }
-    }
-
-    /// Uses `info` from now on: starts it, or restarts it if it changed.
-    async fn apply(&mut self, info: Box<ServiceInfo>, policy: Option<Arc<Policy>>) -> Result<(), String> {
-        let changed = *info != *self.snap.info;
-        let running = matches!(self.snap.state, State::Running);
-        if !changed && running {
-            return Ok(());
-        }
-        let stopped = if running { self.stop().await } else { Ok(()) };
-        if changed {
-            self.log.note("configuration changed");
-        }
-        self.snap.info = Arc::new(*info);
-        (self.policy, self.paths) = (policy, None);
-        self.backoff.reset();
-        let started = self.start(Lookup::Scan).await;
-        stopped.and(started)
-    }
-
-    /// The program's path, for finding it in /proc.
-    fn program_path(&mut self) -> std::path::PathBuf {
-        match self.paths() {
-            Some(p) => p.program.clone(),
-            None => self.settings.program_path(&self.snap.info),
-        }
-    }
-
-    /// The paths of the current configuration: those of the last start, else resolved now.
-    fn paths(&mut self) -> Option<Arc<Resolved>> {
         if self.paths.is_none() {
-            self.paths = self.settings.resolve(&self.snap.info, false).ok().map(Arc::new);
+            self.paths = self.settings.resolve(&self.info, false).ok().map(Arc::new);
         }
-        self.paths.clone()
+        match &self.paths {
+            Some(p) => p.program.clone(),
+            None => self.settings.program_path(&self.info),
+        }
     }
 
     /// Resolves the paths for a start (the one resolution: what is checked is what runs), and
     /// applies the request's allow-list to them again.
     fn resolve_for_start(&mut self) -> Result<Arc<Resolved>, String> {
-        let resolved = self.settings.resolve(&self.snap.info, true).map_err(|p| p.to_string())?;
+        let resolved = self.settings.resolve(&self.info, true).map_err(|p| p.to_string())?;
         if let Some(policy) = &self.policy {
-            policy.check(&self.snap.info, &resolved).map_err(|r| format!("refused by the allow-list: {r}"))?;
+            policy.check(&self.info, &resolved).map_err(|r| format!("refused by the allow-list: {r}"))?;
         }
         let resolved = Arc::new(resolved);
         self.paths = Some(resolved.clone());
         Ok(resolved)
     }
 
-    /// Starts the program: adopts it when it already runs, else runs the start command (script mode)
-    /// or spawns it (direct mode). A failure is counted and leads to backoff (or Failed).
-    async fn start(&mut self, lookup: Lookup) -> Result<(), String> {
-        self.new_generation();
-        self.set_state(State::Starting);
+    fn ctx(&self) -> Ctx {
+        let (info, paths) = match &self.run_cfg {
+            Some(r) => (r.info.clone(), Some(r.paths.clone())),
+            None => (self.info.clone(), self.paths.clone()),
+        };
+        Ctx { settings: self.settings.clone(), reaper: self.reaper.clone(), log: self.log.clone(), info, paths }
+    }
+
+    /// Starts run `gen`: adopts the program when the lookup finds it, spawns it (direct mode, at
+    /// once), or runs the start command beside the task (script mode).
+    fn start(&mut self, gen: u64, lookup: Lookup) -> Option<Input> {
+        self.cancel_run();
+        self.child = None;
         let paths = match self.resolve_for_start() {
             Ok(p) => p,
-            Err(reason) => return self.start_failed(reason),
+            Err(reason) => return Some(Input::Started { gen, outcome: StartOutcome::Failed(reason) }),
         };
-        let program = paths.program.clone();
-        // Adopt a program that already runs (started before air-nanny, or by a previous air-nanny).
-        let found = match lookup {
-            Lookup::Scan => process::find_program(&program),
-            Lookup::Table(table) => table.find(&program).into_iter().filter(|p| process::is_alive(*p)).collect(),
-            Lookup::KnownAbsent => Vec::new(),
+        self.run_cfg = Some(RunCfg { info: self.info.clone(), paths: paths.clone() });
+        let program = paths.program.as_path();
+        // Adopt a program that already runs (started before air-nanny, by a previous air-nanny, or
+        // by a start that failed after launching it).
+        let found = match &lookup {
+            Lookup::Scan => process::find_program(program),
+            Lookup::Table(table) => table.find(program).into_iter().filter(|p| process::is_alive(*p)).collect(),
+            Lookup::Absent => Vec::new(),
         };
         if !found.is_empty() {
             self.log.note(&format!("adopted running program {} (pids {found:?})", program.display()));
-            tracing::info!(service = %self.snap.info.name, pids = ?found, "adopted running program");
-            self.enter_running(found, None);
-            return Ok(());
+            tracing::info!(service = %self.info.name, pids = ?found, "adopted running program");
+            return Some(Input::Started { gen, outcome: StartOutcome::Running { pids: found, adopted: true } });
         }
-        let result =
-            if self.snap.info.is_direct() { self.start_direct(&paths) } else { self.start_script(&paths).await };
-        match result {
-            Ok((pids, child_exit)) => {
-                self.snap.last_error = None;
-                tracing::info!(service = %self.snap.info.name, pids = ?pids, "running");
-                self.enter_running(pids, child_exit);
-                Ok(())
-            }
-            Err(reason) => self.start_failed(reason),
+        let ctx = self.ctx();
+        if self.info.is_direct() {
+            let outcome = match start_direct(&ctx, &paths) {
+                Ok(spawned) => {
+                    tracing::info!(service = %self.info.name, pid = spawned.pid, "running");
+                    let pids = vec![spawned.pid];
+                    self.child = Some((spawned.pid, spawned.exit));
+                    StartOutcome::Running { pids, adopted: false }
+                }
+                Err(reason) => StartOutcome::Failed(reason),
+            };
+            return Some(Input::Started { gen, outcome });
         }
-    }
-
-    fn start_failed(&mut self, reason: String) -> Result<(), String> {
-        self.snap.start_faults += 1;
-        self.snap.last_error = Some(reason.clone());
-        self.log.note(&format!("start failed: {reason}"));
-        tracing::warn!(service = %self.snap.info.name, "start failed: {reason}");
-        self.after_failure(Duration::ZERO);
-        Err(reason)
-    }
-
-    async fn start_script(&mut self, paths: &Resolved) -> Result<(Vec<i32>, Option<oneshot::Receiver<Exit>>), String> {
-        let Some(script) = paths.script.as_deref() else { return Err("no control script (direct mode)".into()) };
-        let program = paths.program.as_path();
-        let deadline = Instant::now() + self.settings.start_timeout_of(&self.snap.info);
-        let command = self.snap.info.script.start_command.clone();
-        self.log.note(&format!("start: {} {command}", script.display()));
-        let (script_pid, exit) = self.run_script_pid(paths, &command, deadline).await?;
-        if !exit.success() {
-            return Err(format!("start command {} {command} failed: {exit}", script.display()));
-        }
-        // The script has daemonised the program; it usually runs already, under a pid newer than
-        // the script's. Wait for it, bounded.
-        let mut step = Duration::from_millis(2);
-        loop {
-            let mut pids = process::find_program_after(program, script_pid);
-            if pids.is_empty() {
-                pids = process::find_program(program);
-            }
-            if !pids.is_empty() {
-                return Ok((pids, None));
-            }
-            if Instant::now() >= deadline {
-                let secs = self.settings.start_timeout_of(&self.snap.info).as_secs();
-                return Err(format!(
-                    "start command succeeded but no process of {} appeared within {secs}s",
-                    program.display()
-                ));
-            }
-            tokio::time::sleep(step.min(deadline - Instant::now())).await;
-            step = (step * 2).min(Duration::from_millis(200));
-        }
-    }
-
-    /// Runs the control script with `arg`, output to the service log, killed with its group at
-    /// `deadline`.
-    async fn run_script(&self, paths: &Resolved, arg: &str, deadline: Instant) -> Result<Exit, String> {
-        self.run_script_pid(paths, arg, deadline).await.map(|(_, exit)| exit)
-    }
-
-    /// [`Self::run_script`], also telling the script's pid. It runs as resolved, in the resolved
-    /// working directory.
-    async fn run_script_pid(&self, paths: &Resolved, arg: &str, deadline: Instant) -> Result<(i32, Exit), String> {
-        let Some(script) = paths.script.as_deref() else { return Err("no control script (direct mode)".into()) };
-        let mut cmd = Command::new(script);
-        if !arg.is_empty() {
-            cmd.arg(arg);
-        }
-        cmd.current_dir(&paths.work_dir)
-            .env("AIR_NANNY_SERVICE", &self.snap.info.name)
-            .env("AIR_NANNY_PROGRAM", &paths.program)
-            .env("AIR_NANNY_ROOTPATH", &self.settings.rootpath);
-        let spawned = self.spawn_logged(cmd).map_err(|e| spawn_error("script.execPath", script, &paths.work_dir, e))?;
-        match tokio::time::timeout_at(deadline, spawned.exit).await {
-            Ok(Ok(exit)) => {
-                self.log.note(&format!("{} {arg}: {exit}", script.display()));
-                Ok((spawned.pid, exit))
-            }
-            Ok(Err(_)) => Err(format!("the exit of {} {arg} was lost", script.display())),
-            Err(_) => {
-                process::signal_group(spawned.pid, Signal::SIGKILL);
-                Err(format!("{} {arg} did not finish in time and was killed", script.display()))
-            }
-        }
-    }
-
-    fn spawn_logged(&self, mut cmd: Command) -> std::io::Result<crate::reaper::Spawned> {
-        let out = self.log.pipe()?;
-        let err = out.try_clone()?;
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        // `cmd` (holding our copies of the pipe's write end) is dropped on return, so the log pump
-        // sees end-of-file once the child and its descendants close it.
-        self.reaper.spawn(&mut cmd)
-    }
-
-    fn start_direct(&mut self, paths: &Resolved) -> Result<(Vec<i32>, Option<oneshot::Receiver<Exit>>), String> {
-        let s = &self.snap.info.script;
-        let program = paths.program.as_path();
-        let mut cmd = Command::new(program);
-        cmd.args(&s.args).envs(&s.env).env("AIR_NANNY_SERVICE", &self.snap.info.name);
-        cmd.current_dir(&paths.work_dir);
-        if let Some(user) = &s.user {
-            use std::os::unix::process::CommandExt;
-            let (uid, gid) = process::lookup_user(user)?;
-            cmd.uid(uid).gid(gid);
-        }
-        self.log.note(&format!("start: {} {}", program.display(), s.args.join(" ")));
-        let spawned =
-            self.spawn_logged(cmd).map_err(|e| spawn_error("script.programFilePath", program, &paths.work_dir, e))?;
-        Ok((vec![spawned.pid], Some(spawned.exit)))
-    }
-
-    fn enter_running(&mut self, pids: Vec<i32>, child_exit: Option<oneshot::Receiver<Exit>>) {
-        self.set_state(State::Running);
-        let now = Instant::now();
-        let hc = &self.snap.info.health_check;
-        self.run =
-            Run { pids: pids.clone(), started: Some(now), failures: 0, in_start_period: false, next_check: None };
-        if hc.is_health_check {
-            self.run.in_start_period = hc.start_period > 0;
-            let first = if self.run.in_start_period { hc.start_interval() } else { hc.interval };
-            self.run.next_check = Some(now + Duration::from_secs(first));
-            self.snap.health = Health::Starting;
-        }
-        match child_exit {
-            Some(exit) => self.watch_child(pids[0], exit),
-            None => self.watch_pids(&pids),
-        }
-        self.publish();
-    }
-
-    fn new_generation(&mut self) {
-        self.gen_token.cancel();
-        self.gen_token = CancellationToken::new();
-        self.gen += 1;
-    }
-
-    /// Direct mode: the reaper tells us the child's exit and its status.
-    fn watch_child(&self, pid: i32, exit: oneshot::Receiver<Exit>) {
-        let (gen, tx, token) = (self.gen, self.events.clone(), self.gen_token.clone());
+        let token = CancellationToken::new();
+        self.start_token = Some(token.clone());
+        let Some(tx) = self.events.0.upgrade() else { return None };
         tokio::spawn(async move {
-            tokio::select! {
-                e = exit => { tx.send(Event::Gone { gen, pid, exit: e.ok() }); }
-                _ = token.cancelled() => {}
-            }
+            let outcome = start_script(&ctx, &paths, &token).await;
+            let _ = tx.send(Msg::Event(Event::Started { gen, outcome })).await;
+        });
+        None
+    }
+
+    fn cancel_run(&mut self) {
+        if let Some(t) = self.run_token.take() {
+            t.cancel();
+        }
+    }
+
+    /// Stops `pids` (and the program wherever `lookup` finds it) beside the task.
+    fn stop(&mut self, gen: u64, pids: Vec<i32>, lookup: Lookup) {
+        self.cancel_run();
+        // The reaper still reaps the child; a stop waits on its pid.
+        self.child = None;
+        let ctx = self.ctx();
+        let Some(tx) = self.events.0.upgrade() else { return };
+        tokio::spawn(async move {
+            let fault = stop(&ctx, pids, lookup).await;
+            let _ = tx.send(Msg::Event(Event::Input(Input::Stopped { gen, fault }))).await;
         });
     }
 
-    /// Script mode and adopted programs: a pidfd tells us when each process exits.
-    fn watch_pids(&self, pids: &[i32]) {
+    fn watch(&mut self, gen: u64, pids: &[i32]) {
+        let token = self.run_token.get_or_insert_with(CancellationToken::new).clone();
         for &pid in pids {
-            let (gen, tx, token) = (self.gen, self.events.clone(), self.gen_token.clone());
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = process::wait_exit(pid) => { tx.send(Event::Gone { gen, pid, exit: None }); }
-                    _ = token.cancelled() => {}
-                }
-            });
-        }
-    }
-
-    async fn on_event(&mut self, event: Event) {
-        match event {
-            Event::Gone { gen, pid, exit } if gen == self.gen && self.snap.state == State::Running => {
-                if let Some(exit) = exit {
-                    self.snap.last_exit = Some(exit.to_string());
-                }
-                self.run.pids.retain(|p| *p != pid);
-                if !self.run.pids.is_empty() {
-                    return;
-                }
-                // A daemonised program may have handed over to another process (a re-exec, a fork):
-                // look again. A direct-mode child is the program itself, so its exit is final.
-                let program = self.program_path();
-                let others = if self.snap.info.is_direct() { Vec::new() } else { process::find_program(&program) };
-                if !others.is_empty() {
-                    self.run.pids = others.clone();
-                    self.watch_pids(&others);
-                    return;
-                }
-                let how = exit.map(|e| e.to_string()).unwrap_or_else(|| "exited".into());
-                self.log.note(&format!("program {} ended ({how})", program.display()));
-                if self.snap.info.is_daemon {
-                    tracing::warn!(service = %self.snap.info.name, "program ended ({how})");
-                } else {
-                    tracing::info!(service = %self.snap.info.name, "one-shot program ended ({how})");
-                }
-                let ran = self.run.started.map(|s| s.elapsed()).unwrap_or_default();
-                self.kill_leftovers(&[pid]);
-                self.after_failure(ran);
-            }
-            Event::Checked { gen, result } if gen == self.gen && self.snap.state == State::Running => {
-                self.on_check(result).await;
-            }
-            _ => {}
-        }
-    }
-
-    /// After the program died or failed to start: back off and restart (daemon), or stay down.
-    fn after_failure(&mut self, ran_for: Duration) {
-        if !self.snap.info.is_daemon {
-            let state = if self.snap.start_faults > 0 && ran_for.is_zero() { State::Failed } else { State::Exited };
-            self.set_state(state);
-            return;
-        }
-        let delay = self.backoff.next_delay(ran_for);
-        let limit = self.settings.start_limit;
-        if limit > 0 && self.backoff.attempt() >= limit {
-            let msg = format!("gave up after {limit} consecutive failures (START_LIMIT)");
-            self.log.note(&msg);
-            tracing::error!(service = %self.snap.info.name, "{msg}");
-            self.snap.last_error = Some(msg);
-            self.set_state(State::Failed);
-            return;
-        }
-        if !delay.is_zero() {
-            self.log.note(&format!("restarting in {} ms", delay.as_millis()));
-        }
-        self.backoff_until = Some(Instant::now() + delay);
-        // Every path here has just seen the program gone; after a delay, someone may have started it.
-        self.restart_absent = delay.is_zero();
-        self.set_state(State::Backoff);
-    }
-
-    async fn on_deadline(&mut self) {
-        let now = Instant::now();
-        match self.snap.state {
-            State::Backoff if self.backoff_until.is_some_and(|u| u <= now) => {
-                self.backoff_until = None;
-                self.snap.restarts += 1;
-                let lookup = if std::mem::take(&mut self.restart_absent) { Lookup::KnownAbsent } else { Lookup::Scan };
-                let _ = self.start(lookup).await;
-            }
-            State::Running if self.run.next_check.is_some_and(|c| c <= now) => {
-                self.run.next_check = None;
-                let probe = self.snap.info.health_check.probe();
-                if probe == Probe::ProcessAlive {
-                    let result = self.process_alive();
-                    self.on_check(result).await;
-                    return;
-                }
-                let timeout = Duration::from_secs(self.snap.info.health_check.timeout);
-                let (gen, tx, token) = (self.gen, self.events.clone(), self.gen_token.clone());
-                let (reaper, log) = (self.reaper.clone(), self.log.clone());
-                let paths = self.paths();
-                tokio::spawn(async move {
-                    let Some(paths) = paths else {
-                        tx.send(Event::Checked { gen, result: Err("the check's paths cannot be resolved".into()) });
-                        return;
-                    };
-                    tokio::select! {
-                        result = health::check(&probe, timeout, &reaper, &log, &paths) => {
-                            tx.send(Event::Checked { gen, result });
+            let (tx, token) = (self.events.clone(), token.clone());
+            match self.child.take() {
+                // Direct mode: the reaper tells us the child's exit and its status.
+                Some((child, exit)) if child == pid => {
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            e = exit => tx.send(Input::Gone { gen, pid, exit: e.ok().map(|e| e.to_string()) }).await,
+                            _ = token.cancelled() => {}
                         }
-                        _ = token.cancelled() => {}
-                    }
-                });
-            }
-            _ => {}
-        }
-    }
-
-    /// The default check: the program has at least one live process.
-    fn process_alive(&mut self) -> Result<(), String> {
-        self.run.pids.retain(|p| process::is_alive(*p));
-        if self.run.pids.is_empty() {
-            let found = process::find_program(&self.program_path());
-            self.watch_pids(&found);
-            self.run.pids = found;
-        }
-        if self.run.pids.is_empty() {
-            Err("no live process of the program".into())
-        } else {
-            Ok(())
-        }
-    }
-
-    async fn on_check(&mut self, result: Result<(), String>) {
-        let hc = self.snap.info.health_check.clone();
-        let now = Instant::now();
-        let in_period = self.run.in_start_period
-            && self.run.started.is_some_and(|s| now < s + Duration::from_secs(hc.start_period));
-        self.run.in_start_period = in_period;
-        match result {
-            Ok(()) => {
-                if self.snap.health != Health::Healthy {
-                    self.log.note("healthy");
+                    });
                 }
-                self.run.failures = 0;
-                self.run.in_start_period = false;
-                self.snap.health = Health::Healthy;
-            }
-            Err(reason) if in_period => {
-                self.log.note(&format!("health check failed during start_period (not counted): {reason}"));
-            }
-            Err(reason) => {
-                self.run.failures += 1;
-                self.log.note(&format!("health check failed ({}/{}): {reason}", self.run.failures, hc.retries));
-                if self.run.failures >= hc.retries {
-                    self.snap.health = Health::Unhealthy;
-                    self.snap.last_error = Some(format!("unhealthy: {reason}"));
-                    tracing::warn!(service = %self.snap.info.name, "unhealthy after {} failed checks: {reason}", hc.retries);
-                    if self.snap.info.is_daemon {
-                        self.publish();
-                        self.log.note("unhealthy: restarting");
-                        let ran = self.run.started.map(|s| s.elapsed()).unwrap_or_default();
-                        let _ = self.stop().await;
-                        self.after_failure(ran);
-                        return;
-                    }
+                // Script mode and adopted programs: a pidfd tells us when each process exits.
+                other => {
+                    self.child = other;
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = process::wait_exit(pid) => tx.send(Input::Gone { gen, pid, exit: None }).await,
+                            _ = token.cancelled() => {}
+                        }
+                    });
                 }
             }
         }
-        let next = if self.run.in_start_period { hc.start_interval() } else { hc.interval };
-        self.run.next_check = Some(Instant::now() + Duration::from_secs(next));
     }
 
-    /// Stops the program: stop command (script mode) or stop signal (direct mode), bounded by the
-    /// stop timeout; then SIGTERM and SIGKILL by process group for whatever is left. A stop that
-    /// needed force, or whose command failed, counts in StopFaultNum and is returned as `Err`.
-    async fn stop(&mut self) -> Result<(), String> {
-        let was = self.snap.state;
-        let mut pids = std::mem::take(&mut self.run.pids);
-        self.new_generation();
-        self.backoff_until = None;
-        let program = self.program_path();
-        let paths = self.paths();
-        if was != State::Running {
-            // Nothing of ours should run; but a process of the program may (started by hand).
-            pids = process::find_program(&program);
-            if pids.is_empty() {
-                self.set_state(State::Stopped);
-                return Ok(());
-            }
+    fn probe(&mut self, gen: u64) -> Option<Input> {
+        let Some(run) = self.run_cfg.clone() else {
+            return Some(Input::Checked { gen, result: Err("the check's paths are not resolved".into()) });
+        };
+        let probe = run.info.health_check.probe();
+        if probe == Probe::ProcessAlive {
+            let alive = self.machine.pids().iter().any(|p| process::is_alive(*p));
+            let result = if alive { Ok(()) } else { Err("no live process of the program".into()) };
+            return Some(Input::Checked { gen, result });
         }
-        self.set_state(State::Stopping);
-        let groups: Vec<i32> = pids.iter().filter_map(|p| process::pgid_of(*p)).collect();
-        let timeout = self.settings.stop_timeout_of(&self.snap.info);
-        let deadline = Instant::now() + timeout;
-        let mut fault: Option<String> = None;
-        if let Some((paths, script)) = paths.as_ref().and_then(|p| p.script.clone().map(|s| (p, s))) {
-            let command = self.snap.info.script.stop_command.clone();
-            self.log.note(&format!("stop: {} {command}", script.display()));
-            match self.run_script(paths, &command, deadline).await {
+        let timeout = Duration::from_secs(run.info.health_check.timeout);
+        let token = self.run_token.get_or_insert_with(CancellationToken::new).clone();
+        let (tx, reaper, log) = (self.events.clone(), self.reaper.clone(), self.log.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                result = health::check(&probe, timeout, &reaper, &log, &run.paths) => {
+                    tx.send(Input::Checked { gen, result }).await;
+                }
+                _ = token.cancelled() => {}
+            }
+        });
+        None
+    }
+}
+
+fn start_direct(ctx: &Ctx, paths: &Resolved) -> Result<crate::reaper::Spawned, String> {
+    let s = &ctx.info.script;
+    let program = paths.program.as_path();
+    let mut cmd = Command::new(program);
+    cmd.args(&s.args).envs(&s.env).env("AIR_NANNY_SERVICE", &ctx.info.name);
+    cmd.current_dir(&paths.work_dir);
+    if let Some(user) = &s.user {
+        use std::os::unix::process::CommandExt;
+        let (uid, gid) = process::lookup_user(user)?;
+        cmd.uid(uid).gid(gid);
+    }
+    ctx.log.note(&format!("start: {} {}", program.display(), s.args.join(" ")));
+    spawn_logged(ctx, cmd).map_err(|e| spawn_error("script.programFilePath", program, &paths.work_dir, e))
+}
+
+/// Script mode: runs the start command, then waits for the program to appear. Cancelled (a stop,
+/// the start timeout), it kills the start command's process group and says which processes of the
+/// program it can see, so that the stop that follows stops them too.
+async fn start_script(ctx: &Ctx, paths: &Resolved, token: &CancellationToken) -> StartOutcome {
+    let Some(script) = paths.script.as_deref() else {
+        return StartOutcome::Failed("no control script (direct mode)".into());
+    };
+    let program = paths.program.as_path();
+    let command = ctx.info.script.start_command.clone();
+    ctx.log.note(&format!("start: {} {command}", script.display()));
+    let spawned = match spawn_script(ctx, paths, &command) {
+        Ok(s) => s,
+        Err(e) => return StartOutcome::Failed(e),
+    };
+    let script_pid = spawned.pid;
+    let exit = tokio::select! {
+        e = spawned.exit => e,
+        _ = token.cancelled() => {
+            process::signal_group(script_pid, Signal::SIGKILL);
+            ctx.log.note(&format!("{} {command}: cancelled", script.display()));
+            return StartOutcome::Cancelled { pids: process::find_program(program) };
+        }
+    };
+    let exit = match exit {
+        Ok(exit) => exit,
+        Err(_) => return StartOutcome::Failed(format!("the exit of {} {command} was lost", script.display())),
+    };
+    ctx.log.note(&format!("{} {command}: {exit}", script.display()));
+    if !exit.success() {
+        return StartOutcome::Failed(format!("start command {} {command} failed: {exit}", script.display()));
+    }
+    // The script has daemonised the program; it usually runs already, under a pid newer than the
+    // script's. Wait for it until found or cancelled (the machine's start deadline).
+    let mut step = Duration::from_millis(2);
+    loop {
+        let mut pids = process::find_program_after(program, script_pid);
+        if pids.is_empty() {
+            pids = process::find_program(program);
+        }
+        if !pids.is_empty() {
+            tracing::info!(service = %ctx.info.name, pids = ?pids, "running");
+            return StartOutcome::Running { pids, adopted: false };
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(step) => {}
+            _ = token.cancelled() => return StartOutcome::Cancelled { pids: process::find_program(program) },
+        }
+        step = (step * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Stops the program: stop command (script mode) or stop signal (direct mode), bounded by the stop
+/// timeout; then SIGTERM and SIGKILL by process group for whatever is left. Returns the fault when
+/// force was needed or the stop command failed.
+async fn stop(ctx: &Ctx, mut pids: Vec<i32>, lookup: Lookup) -> Option<String> {
+    let info = &ctx.info;
+    let program = match &ctx.paths {
+        Some(p) => p.program.clone(),
+        None => ctx.settings.program_path(info),
+    };
+    let found = match &lookup {
+        Lookup::Scan => process::find_program(&program),
+        Lookup::Table(t) => t.find(&program).into_iter().filter(|p| process::is_alive(*p)).collect(),
+        Lookup::Absent => Vec::new(),
+    };
+    for p in found {
+        if !pids.contains(&p) {
+            pids.push(p);
+        }
+    }
+    if pids.is_empty() {
+        return None;
+    }
+    let groups: Vec<i32> = pids.iter().filter_map(|p| process::pgid_of(*p)).collect();
+    let timeout = ctx.settings.stop_timeout_of(info);
+    let deadline = Instant::now() + timeout;
+    let mut fault: Option<String> = None;
+    match ctx.paths.as_ref().filter(|p| p.script.is_some()) {
+        Some(paths) => {
+            let command = info.script.stop_command.clone();
+            let script = paths.script.as_deref().unwrap_or(Path::new("")).display().to_string();
+            ctx.log.note(&format!("stop: {script} {command}"));
+            match run_script(ctx, paths, &command, deadline).await {
                 Ok(exit) if exit.success() => {}
-                Ok(exit) => fault = Some(format!("stop command {} {command} failed: {exit}", script.display())),
+                Ok(exit) => fault = Some(format!("stop command {script} {command} failed: {exit}")),
                 Err(e) => fault = Some(e),
             }
-        } else {
-            let sig =
-                self.snap.info.script.stop_signal.as_deref().and_then(process::parse_signal).unwrap_or(Signal::SIGTERM);
-            self.log.note(&format!("stop: sending {sig}"));
+        }
+        None => {
+            let sig = info.script.stop_signal.as_deref().and_then(process::parse_signal).unwrap_or(Signal::SIGTERM);
+            ctx.log.note(&format!("stop: sending {sig}"));
             process::signal_all(&pids, sig);
         }
-        let mut gone = process::wait_all_exit(&pids, deadline).await;
-        let mut left: Vec<i32> = pids.iter().copied().filter(|p| process::is_alive(*p)).collect();
-        // A daemonised program may live on under another pid (a re-exec, a fork); a direct-mode
-        // child is the program itself, and its process group is killed below.
-        if !self.snap.info.is_direct() {
-            for p in process::find_program(&program) {
-                if !left.contains(&p) {
-                    left.push(p);
-                }
+    }
+    let mut gone = process::wait_all_exit(&pids, deadline).await;
+    let mut left: Vec<i32> = pids.iter().copied().filter(|p| process::is_alive(*p)).collect();
+    // A daemonised program may live on under another pid (a re-exec, a fork); a direct-mode child
+    // is the program itself, and its process group is killed below.
+    if !info.is_direct() {
+        for p in process::find_program(&program) {
+            if !left.contains(&p) {
+                left.push(p);
             }
         }
-        gone &= left.is_empty();
-        if !gone {
-            let why = format!("program still running {}s after stop; killing it", timeout.as_secs());
-            self.log.note(&why);
-            fault.get_or_insert(why);
-            if !self.snap.info.is_direct() {
-                process::signal_all(&left, Signal::SIGTERM);
-                if !process::wait_all_exit(&left, Instant::now() + self.settings.kill_grace).await {
-                    process::signal_all(&left, Signal::SIGKILL);
-                }
-            } else {
+    }
+    gone &= left.is_empty();
+    if !gone {
+        let why = format!("program still running {}s after stop; killing it", timeout.as_secs());
+        ctx.log.note(&why);
+        fault.get_or_insert(why);
+        if !info.is_direct() {
+            process::signal_all(&left, Signal::SIGTERM);
+            if !process::wait_all_exit(&left, Instant::now() + ctx.settings.kill_grace).await {
                 process::signal_all(&left, Signal::SIGKILL);
             }
-            process::wait_all_exit(&left, Instant::now() + Duration::from_secs(5)).await;
+        } else {
+            process::signal_all(&left, Signal::SIGKILL);
         }
-        // Nothing of the service may outlive its stop: helpers left in its process groups too.
-        for g in groups {
-            process::signal_group(g, Signal::SIGKILL);
-        }
-        self.set_state(State::Stopped);
-        match fault {
-            Some(reason) => {
-                self.snap.stop_faults += 1;
-                self.snap.last_error = Some(reason.clone());
-                tracing::warn!(service = %self.snap.info.name, "stop fault: {reason}");
-                Err(reason)
-            }
-            None => {
-                self.log.note("stopped");
-                Ok(())
-            }
-        }
+        process::wait_all_exit(&left, Instant::now() + Duration::from_secs(5)).await;
     }
+    // Nothing of the service may outlive its stop: helpers left in its process groups too.
+    for g in groups {
+        process::signal_group(g, Signal::SIGKILL);
+    }
+    fault
+}
 
-    /// After the program ended on its own: nothing else of its process group may stay behind.
-    fn kill_leftovers(&self, pids: &[i32]) {
-        if self.snap.info.is_direct() {
-            for &p in pids {
-                process::signal_group(p, Signal::SIGKILL);
-            }
+/// Runs the control script with `arg`, output to the service log, killed with its group at
+/// `deadline`. It runs as resolved, in the resolved working directory.
+async fn run_script(ctx: &Ctx, paths: &Resolved, arg: &str, deadline: Instant) -> Result<Exit, String> {
+    let spawned = spawn_script(ctx, paths, arg)?;
+    let script = paths.script.as_deref().unwrap_or(Path::new("")).display().to_string();
+    match tokio::time::timeout_at(deadline, spawned.exit).await {
+        Ok(Ok(exit)) => {
+            ctx.log.note(&format!("{script} {arg}: {exit}"));
+            Ok(exit)
+        }
+        Ok(Err(_)) => Err(format!("the exit of {script} {arg} was lost")),
+        Err(_) => {
+            process::signal_group(spawned.pid, Signal::SIGKILL);
+            Err(format!("{script} {arg} did not finish in time and was killed"))
         }
     }
+}
+
+fn spawn_script(ctx: &Ctx, paths: &Resolved, arg: &str) -> Result<crate::reaper::Spawned, String> {
+    let Some(script) = paths.script.as_deref() else { return Err("no control script (direct mode)".into()) };
+    let mut cmd = Command::new(script);
+    if !arg.is_empty() {
+        cmd.arg(arg);
+    }
+    cmd.current_dir(&paths.work_dir)
+        .env("AIR_NANNY_SERVICE", &ctx.info.name)
+        .env("AIR_NANNY_PROGRAM", &paths.program)
+        .env("AIR_NANNY_ROOTPATH", &ctx.settings.rootpath);
+    spawn_logged(ctx, cmd).map_err(|e| spawn_error("script.execPath", script, &paths.work_dir, e))
+}
+
+fn spawn_logged(ctx: &Ctx, mut cmd: Command) -> std::io::Result<crate::reaper::Spawned> {
+    let out = ctx.log.pipe()?;
+    let err = out.try_clone()?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    // `cmd` (holding our copies of the pipe's write end) is dropped on return, so the log pump
+    // sees end-of-file once the child and its descendants close it.
+    ctx.reaper.spawn(&mut cmd)
 }
 
 /// A spawn failure, naming the field at fault: a missing working directory is not the program's.

@@ -1,8 +1,8 @@
-//! What a service is doing, as observers see it (`TaskSnapshot`), and the pure restart-backoff
-//! arithmetic. The service task alone changes a service's state; everyone else reads snapshots.
+//! What a service is doing, as observers see it (`TaskSnapshot`): the API's numeric states and the
+//! health. The service task alone changes a service's state; everyone else reads snapshots.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use crate::config::ServiceInfo;
 
@@ -127,83 +127,26 @@ impl TaskSnapshot {
         }
     }
 
-    /// Whether a boot group may move on past this service: it is up (and healthy when it has a
-    /// check), or it has failed one way or another.
+    /// Whether a boot group may move on past this service: it runs (and is healthy when it has a
+    /// check), or it has given up (failed, exited, stopped by the operator). A service backing
+    /// off between attempts has not settled: it may still come up.
     pub fn settled(&self) -> bool {
         match self.state {
-            State::Running => !self.info.health_check.is_health_check || self.health != Health::Starting,
-            State::Starting | State::Stopping => false,
-            State::Stopped | State::Backoff | State::Failed | State::Exited => true,
+            State::Running => match self.health {
+                Health::None | Health::Healthy => true,
+                Health::Starting => false,
+                // A daemon is about to be restarted; a one-shot program stays as it is.
+                Health::Unhealthy => !self.info.is_daemon,
+            },
+            State::Starting | State::Stopping | State::Backoff => false,
+            State::Stopped | State::Failed | State::Exited => true,
         }
-    }
-}
-
-/// Exponential restart backoff with a cap and jitter; the first restart after a healthy run is
-/// immediate.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    pub base: Duration,
-    pub max: Duration,
-    /// A run at least this long resets the backoff.
-    pub reset_after: Duration,
-    attempt: u32,
-    seed: u64,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, max: Duration, reset_after: Duration, seed: u64) -> Backoff {
-        Backoff { base, max, reset_after, attempt: 0, seed: seed | 1 }
-    }
-
-    /// Consecutive failures so far (0 after a reset).
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    /// The delay before the next start, after a run that lasted `ran_for`.
-    pub fn next_delay(&mut self, ran_for: Duration) -> Duration {
-        if ran_for >= self.reset_after {
-            self.attempt = 0;
-        }
-        let attempt = self.attempt;
-        self.attempt = self.attempt.saturating_add(1);
-        if attempt == 0 {
-            return Duration::ZERO;
-        }
-        let exp = self.base.saturating_mul(1u32.checked_shl(attempt - 1).unwrap_or(u32::MAX));
-        let capped = exp.min(self.max);
-        // ±20 % jitter (xorshift), so that services failing together do not restart in lockstep.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let permille = 800 + (self.seed % 401);
-        (capped * permille as u32 / 1000).min(self.max)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_caps_and_resets() {
-        let s = Duration::from_secs;
-        let mut b = Backoff::new(Duration::from_millis(500), s(10), s(60), 42);
-        assert_eq!(b.next_delay(s(0)), Duration::ZERO, "first restart is immediate");
-        let d1 = b.next_delay(s(0));
-        assert!(d1 >= Duration::from_millis(400) && d1 <= Duration::from_millis(600), "{d1:?}");
-        let d2 = b.next_delay(s(0));
-        assert!(d2 >= Duration::from_millis(800) && d2 <= Duration::from_millis(1200), "{d2:?}");
-        for _ in 0..40 {
-            assert!(b.next_delay(s(1)) <= s(10));
-        }
-        assert!(b.next_delay(s(1)) >= s(8), "stays at the cap");
-        assert_eq!(b.next_delay(s(61)), Duration::ZERO, "a long healthy run resets it");
-    }
 
     #[test]
     fn snapshots_compare_without_their_version() {
