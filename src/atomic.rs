@@ -103,9 +103,9 @@ pub fn remove_leftovers(path: &Path) -> usize {
     for entry in entries.flatten() {
         let file = entry.file_name();
         let file = file.to_string_lossy();
-        let leftover = prefixes
-            .iter()
-            .any(|p| file.strip_prefix(p.as_str()).is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())));
+        let leftover = prefixes.iter().any(|p| {
+            file.strip_prefix(p.as_str()).is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        });
         if leftover && fs::remove_file(entry.path()).is_ok() {
             removed += 1;
         }
@@ -179,7 +179,14 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            [".services.json.tmp.", ".services.json.tmp.12x", "notes.txt", "services.json", "services.json.bak", "services.json.tmp.1"]
+            [
+                ".services.json.tmp.",
+                ".services.json.tmp.12x",
+                "notes.txt",
+                "services.json",
+                "services.json.bak",
+                "services.json.tmp.1"
+            ]
         );
     }
 }

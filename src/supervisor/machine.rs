@@ -110,10 +110,15 @@ pub enum Then {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StartOutcome {
     /// The program runs (`adopted`: it already ran, nothing was started).
-    Running { pids: Vec<i32>, adopted: bool },
+    Running {
+        pids: Vec<i32>,
+        adopted: bool,
+    },
     Failed(String),
     /// Cancelled; `pids` are the program's processes found at that moment.
-    Cancelled { pids: Vec<i32> },
+    Cancelled {
+        pids: Vec<i32>,
+    },
 }
 
 /// What the machine hears.
@@ -128,14 +133,33 @@ pub enum Input {
     Shutdown(Lookup),
     /// A configuration was applied: `changed` from the running one; `start`: start it if it is
     /// not running (else it only takes effect at the next start).
-    Configure { changed: bool, start: bool },
-    Started { gen: u64, outcome: StartOutcome },
-    Stopped { gen: u64, fault: Option<String> },
+    Configure {
+        changed: bool,
+        start: bool,
+    },
+    Started {
+        gen: u64,
+        outcome: StartOutcome,
+    },
+    Stopped {
+        gen: u64,
+        fault: Option<String>,
+    },
     /// A watched process of run `gen` is gone; `exit` is known for a direct-mode child.
-    Gone { gen: u64, pid: i32, exit: Option<String> },
+    Gone {
+        gen: u64,
+        pid: i32,
+        exit: Option<String>,
+    },
     /// The program's processes found after the last watched one was gone (script mode).
-    Found { gen: u64, pids: Vec<i32> },
-    Checked { gen: u64, result: Result<(), String> },
+    Found {
+        gen: u64,
+        pids: Vec<i32>,
+    },
+    Checked {
+        gen: u64,
+        result: Result<(), String>,
+    },
     /// The clock reached [`Machine::next_deadline`].
     Tick,
 }
@@ -144,19 +168,37 @@ pub enum Input {
 #[derive(Debug, Clone)]
 pub enum Action {
     /// Run a start; report `Input::Started{gen}`.
-    Start { gen: u64, lookup: Lookup },
+    Start {
+        gen: u64,
+        lookup: Lookup,
+    },
     /// Cancel start `gen`; it still reports, with what it had launched.
-    CancelStart { gen: u64 },
+    CancelStart {
+        gen: u64,
+    },
     /// Stop these processes (and the program wherever `lookup` finds it); report `Input::Stopped`.
-    Stop { gen: u64, pids: Vec<i32>, lookup: Lookup },
+    Stop {
+        gen: u64,
+        pids: Vec<i32>,
+        lookup: Lookup,
+    },
     /// Watch these processes of run `gen`; report each exit as `Input::Gone`.
-    Watch { gen: u64, pids: Vec<i32> },
+    Watch {
+        gen: u64,
+        pids: Vec<i32>,
+    },
     /// Look for the program's processes again; report `Input::Found`.
-    Relook { gen: u64 },
+    Relook {
+        gen: u64,
+    },
     /// Run the health check once; report `Input::Checked`.
-    Probe { gen: u64 },
+    Probe {
+        gen: u64,
+    },
     /// A direct-mode program ended: nothing of its process group may stay behind.
-    KillGroup { pid: i32 },
+    KillGroup {
+        pid: i32,
+    },
     Answer(Answer),
     /// A line for the service log (and air-nanny's log at this level).
     Note(Level, String),
@@ -284,9 +326,7 @@ impl Machine {
                 p
             }
             (p @ P::Starting { .. }, I::Start(_) | I::Restart) => p,
-            (P::Stopping { gen, pids, start, .. }, I::Start(_)) => {
-                P::Stopping { gen, pids, start, then: Then::Start }
-            }
+            (P::Stopping { gen, pids, start, .. }, I::Start(_)) => P::Stopping { gen, pids, start, then: Then::Start },
             (P::Stopped | P::Exited { .. } | P::Failed { .. } | P::Backoff { .. }, I::Start(lookup)) => {
                 self.start(0, lookup, l, now, out)
             }
@@ -320,7 +360,9 @@ impl Machine {
                 out.push(Action::Answer(Answer::Stop(None)));
                 P::Stopped
             }
-            (P::Backoff { known_absent: false, .. }, I::Shutdown(lookup)) => self.stop(vec![], lookup, None, Then::Stay, out),
+            (P::Backoff { known_absent: false, .. }, I::Shutdown(lookup)) => {
+                self.stop(vec![], lookup, None, Then::Stay, out)
+            }
             (P::Backoff { .. } | P::Failed { .. } | P::Stopped, I::Stop) => {
                 self.stop(vec![], Lookup::Scan, None, Then::Stay, out)
             }
@@ -369,7 +411,10 @@ impl Machine {
             (P::Stopped | P::Exited { .. } | P::Failed { .. }, I::Configure { start: true, .. }) => {
                 self.start(0, Lookup::Scan, l, now, out)
             }
-            (p @ (P::Backoff { .. } | P::Stopped | P::Exited { .. } | P::Failed { .. }), I::Configure { start: false, .. }) => {
+            (
+                p @ (P::Backoff { .. } | P::Stopped | P::Exited { .. } | P::Failed { .. }),
+                I::Configure { start: false, .. },
+            ) => {
                 out.push(Action::Answer(Answer::Start(Ok(()))));
                 p
             }
@@ -423,7 +468,9 @@ impl Machine {
                     Then::Stay => P::Stopped,
                     Then::Start => self.start(0, if clean { Lookup::Absent } else { Lookup::Scan }, l, now, out),
                     Then::Retry { ran_for, attempt } => self.after_failure(ran_for, attempt, clean, None, l, now, out),
-                    Then::Fail { attempt, reason } => self.after_failure(Duration::ZERO, attempt, false, Some(reason), l, now, out),
+                    Then::Fail { attempt, reason } => {
+                        self.after_failure(Duration::ZERO, attempt, false, Some(reason), l, now, out)
+                    }
                 }
             }
 
@@ -513,7 +560,15 @@ impl Machine {
         self.after_failure(Duration::ZERO, attempt, false, Some(reason), l, now, out)
     }
 
-    fn died(&mut self, run: Run, attempt: u32, exit: Option<String>, l: &Limits, now: Instant, out: &mut Vec<Action>) -> Phase {
+    fn died(
+        &mut self,
+        run: Run,
+        attempt: u32,
+        exit: Option<String>,
+        l: &Limits,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> Phase {
         let how = exit.unwrap_or_else(|| "exited".into());
         let level = if l.daemon { Level::Warn } else { Level::Info };
         out.push(Action::Note(level, format!("program ended ({how})")));
@@ -575,7 +630,15 @@ impl Machine {
         (capped * permille / 1000).min(l.backoff_max)
     }
 
-    fn checked(&mut self, mut run: Run, attempt: u32, result: Result<(), String>, l: &Limits, now: Instant, out: &mut Vec<Action>) -> Phase {
+    fn checked(
+        &mut self,
+        mut run: Run,
+        attempt: u32,
+        result: Result<(), String>,
+        l: &Limits,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> Phase {
         let (Some(plan), Some(c)) = (l.check, run.checks.as_mut()) else { return Phase::Running { run, attempt } };
         let in_period = c.period_end.is_some_and(|e| now < e);
         match result {
@@ -589,18 +652,27 @@ impl Machine {
                 c.next = Some(at(now, plan.interval));
             }
             Err(reason) if in_period => {
-                out.push(Action::Note(Level::Info, format!("health check failed during start_period (not counted): {reason}")));
+                out.push(Action::Note(
+                    Level::Info,
+                    format!("health check failed during start_period (not counted): {reason}"),
+                ));
                 c.next = Some(at(now, plan.start_interval));
             }
             Err(reason) => {
                 c.period_end = None;
                 c.failures = c.failures.saturating_add(1);
-                out.push(Action::Note(Level::Info, format!("health check failed ({}/{}): {reason}", c.failures, plan.retries)));
+                out.push(Action::Note(
+                    Level::Info,
+                    format!("health check failed ({}/{}): {reason}", c.failures, plan.retries),
+                ));
                 c.next = Some(at(now, plan.interval));
                 if c.failures >= plan.retries {
                     c.health = Health::Unhealthy;
                     self.last_error = Some(format!("unhealthy: {reason}"));
-                    out.push(Action::Note(Level::Warn, format!("unhealthy after {} failed checks: {reason}", plan.retries)));
+                    out.push(Action::Note(
+                        Level::Warn,
+                        format!("unhealthy after {} failed checks: {reason}", plan.retries),
+                    ));
                     if l.daemon {
                         out.push(Action::Note(Level::Info, "unhealthy: restarting".into()));
                         let ran_for = now.saturating_duration_since(run.since);

@@ -160,11 +160,7 @@ impl Supervisor {
 
     /// Asks for a change, then waits for the service's outcome. Dropping this future (the client
     /// went away, the request timed out) cancels a restart not yet begun.
-    async fn change(
-        &self,
-        name: &str,
-        make: impl FnOnce(Reply<Pending>) -> Command,
-    ) -> Result<Done, SupervisorError> {
+    async fn change(&self, name: &str, make: impl FnOnce(Reply<Pending>) -> Command) -> Result<Done, SupervisorError> {
         let pending = self.ask(make).await.unwrap_or(Err(SupervisorError::ShuttingDown))?;
         match pending.await {
             Ok(r) => r.map_err(|e| SupervisorError::of(name, e)),

@@ -397,7 +397,9 @@ impl ServiceTask {
         if !Arc::ptr_eq(&self.snap.info, &self.info) {
             self.snap.info = self.info.clone();
         }
-        self.snap.pids.clone_from(&m.pids().to_vec());
+        if self.snap.pids != m.pids() {
+            self.snap.pids = m.pids().to_vec();
+        }
         self.snap.health = m.health();
         self.snap.restarts = m.restarts;
         self.snap.start_faults = m.start_faults;
@@ -483,7 +485,7 @@ impl ServiceTask {
         }
         let token = CancellationToken::new();
         self.start_token = Some(token.clone());
-        let Some(tx) = self.events.0.upgrade() else { return None };
+        let tx = self.events.0.upgrade()?;
         tokio::spawn(async move {
             let outcome = start_script(&ctx, &paths, &token).await;
             let _ = tx.send(Msg::Event(Event::Started { gen, outcome })).await;
@@ -607,6 +609,10 @@ async fn start_script(ctx: &Ctx, paths: &Resolved, token: &CancellationToken) ->
     };
     ctx.log.note(&format!("{} {command}: {exit}", script.display()));
     if !exit.success() {
+        // A failed start leaves nothing behind in its process group (a program it launched before
+        // failing would otherwise run beside the one the retry starts). What escaped the group is
+        // found by the retry's look-up and adopted.
+        process::signal_group(script_pid, Signal::SIGKILL);
         return StartOutcome::Failed(format!("start command {} {command} failed: {exit}", script.display()));
     }
     // The script has daemonised the program; it usually runs already, under a pid newer than the
@@ -623,7 +629,12 @@ async fn start_script(ctx: &Ctx, paths: &Resolved, token: &CancellationToken) ->
         }
         tokio::select! {
             _ = tokio::time::sleep(step) => {}
-            _ = token.cancelled() => return StartOutcome::Cancelled { pids: process::find_program(program) },
+            _ = token.cancelled() => {
+                // Whatever the start command left behind in its process group (a launcher still
+                // sleeping, say) belongs to this failed start: it must not start a program later.
+                process::signal_group(script_pid, Signal::SIGKILL);
+                return StartOutcome::Cancelled { pids: process::find_program(program) };
+            }
         }
         step = (step * 2).min(Duration::from_millis(200));
     }

@@ -6,6 +6,7 @@ mod common;
 
 mod api;
 mod check;
+mod engine;
 mod security;
 mod supervision;
 mod tls;

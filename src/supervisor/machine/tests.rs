@@ -54,7 +54,8 @@ impl T {
     /// Running pids 10 and 11, with the run's generation.
     fn running(&mut self) -> u64 {
         let gen = self.starting();
-        let a = self.step(Input::Started { gen, outcome: StartOutcome::Running { pids: vec![10, 11], adopted: false } });
+        let a =
+            self.step(Input::Started { gen, outcome: StartOutcome::Running { pids: vec![10, 11], adopted: false } });
         assert!(has_answer(&a, &Answer::Start(Ok(()))));
         assert_eq!(self.state(), State::Running);
         gen
@@ -446,7 +447,8 @@ async fn health_failures_during_start_period_do_not_count_then_two_make_it_unhea
 
 #[tokio::test(start_paused = true)]
 async fn a_passing_check_makes_it_healthy_and_a_one_shot_stays_unhealthy() {
-    let mut t = T::new(Limits { check: Some(CheckPlan { start_period: S(0), ..checked().check.unwrap() }), ..checked() });
+    let mut t =
+        T::new(Limits { check: Some(CheckPlan { start_period: S(0), ..checked().check.unwrap() }), ..checked() });
     let gen = t.running();
     assert_eq!(t.m.next_deadline(), Some(Instant::now() + S(5)));
     t.step(Input::Checked { gen, result: Ok(()) });
