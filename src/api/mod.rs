@@ -149,6 +149,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::POST, "/task/stop", post(task_stop)),
         (Method::POST, "/task/restart", post(task_restart)),
         (Method::GET, "/task/logs", get(task_logs)),
+        (Method::GET, "/task/order", get(task_order)),
         (Method::POST, "/reload", post(reload)),
         (Method::GET, "/audit", get(audit)),
         (Method::GET, "/health", get(health)),
@@ -578,6 +579,19 @@ async fn health(State(s): State<AppState>, req: Request) -> Response {
             "tls": s.security.tls.is_some(),
         })),
     }
+}
+
+/// The boot order of services.json, as the boot itself computes it (the console draws this).
+async fn task_order(State(s): State<AppState>) -> Response {
+    let infos = s.store.list().await;
+    let groups: Vec<Value> = crate::supervisor::boot_order(&infos)
+        .into_iter()
+        .filter_map(|names| {
+            let first = infos.iter().find(|i| names.first() == Some(&i.name))?;
+            Some(json!({ "isInit": first.is_init, "priority": first.priority, "services": names }))
+        })
+        .collect();
+    ok(groups)
 }
 
 /// The newest records of the audit trail (`?limit=`, default 100, at most 10000), oldest first.

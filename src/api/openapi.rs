@@ -82,6 +82,8 @@ pub fn document() -> Value {
                 { "name": "lines", "in": "query", "required": false, "schema": { "type": "integer", "default": 100 } }],
                 "responses": { "200": { "description": "SUCCESS" } } } },
             "/reload": { "post": op("Re-read services.json and apply only the difference (as SIGHUP)", false, false) },
+            "/task/order": { "get": { "summary": "The boot order of services.json: groups started one after the other (init first, then by priority), reversed at shutdown",
+                "responses": { "200": { "description": "SUCCESS: data is [{isInit, priority, services: [name…]}…]" } } } },
             "/audit": { "get": { "summary": "The newest records of the audit trail of changes (time, peer, identity, endpoint, service, result), oldest first",
                 "parameters": [{ "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "maximum": 10000, "default": 100 } }],
                 "responses": { "200": { "description": "SUCCESS" }, "400": { "description": "bad limit" }, "401": { "description": "missing or wrong bearer token" } } } },

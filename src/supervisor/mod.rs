@@ -85,7 +85,6 @@ enum Command {
     List(oneshot::Sender<Vec<Arc<TaskSnapshot>>>),
     Get(String, oneshot::Sender<Option<Arc<TaskSnapshot>>>),
     Log(String, oneshot::Sender<Option<ServiceLog>>),
-    Order(oneshot::Sender<Vec<Vec<String>>>),
     Apply(Box<ServiceInfo>, Option<Arc<Policy>>, Reply<Pending>),
     Remove(String, Reply<Pending>),
     Verb(String, Verb, Reply<Pending>),
@@ -182,11 +181,6 @@ impl Supervisor {
         self.ask(|tx| Command::Log(name.to_string(), tx)).await.flatten()
     }
 
-    /// The boot order of the supervised services, as [`boot_order`] computes it.
-    pub async fn order(&self) -> Vec<Vec<String>> {
-        self.ask(Command::Order).await.unwrap_or_default()
-    }
-
     /// Persists `info` and applies it now: starts it, or restarts it if it changed. `policy`: the
     /// allow-list it came in under (a request), applied again to the paths of every start.
     pub async fn apply(&self, info: ServiceInfo, policy: Option<Arc<Policy>>) -> Result<Done, SupervisorError> {
@@ -221,7 +215,7 @@ struct Actor {
     reaper: Reaper,
     tasks: BTreeMap<String, ServiceHandle>,
     decisions: Decisions,
-    /// The boot order computed once at start.
+    /// The boot order of services.json, computed at start and at each reload.
     order: Vec<Vec<String>>,
     /// Stops of removed services still in progress; shutdown waits for them.
     detached: TaskTracker,
@@ -341,10 +335,6 @@ impl Actor {
                 };
                 let _ = reply.send(log);
             }
-            Command::Order(reply) => {
-                let infos: Vec<ServiceInfo> = self.tasks.values().map(|h| (*h.snapshot().info).clone()).collect();
-                let _ = reply.send(boot_order(&infos));
-            }
             Command::Apply(info, policy, reply) => {
                 let _ = reply.send(self.apply(info, policy).await);
             }
@@ -358,7 +348,7 @@ impl Actor {
                 let _ = reply.send(self.reload().await);
             }
             Command::BootGroup(n, table, reply) => {
-                let _ = reply.send(Some(self.boot_group(n, table)));
+                let _ = reply.send(self.boot_group(n, table));
             }
         }
     }
@@ -440,9 +430,10 @@ impl Actor {
         Self::enqueue(&handle, &name, control)
     }
 
-    /// Starts group `n` of the boot order, as the operator's decisions stand now.
-    fn boot_group(&mut self, n: usize, table: Arc<ProcTable>) -> Vec<(ServiceHandle, Pending)> {
-        let Some(group) = self.order.get(n) else { return Vec::new() };
+    /// Starts group `n` of the boot order, as the operator's decisions stand now; `None` past the
+    /// last group.
+    fn boot_group(&mut self, n: usize, table: Arc<ProcTable>) -> Option<Vec<(ServiceHandle, Pending)>> {
+        let group = self.order.get(n)?;
         let mut started = Vec::new();
         for name in group {
             if self.decisions.stopped.contains(name) {
@@ -454,7 +445,7 @@ impl Actor {
                 Err(e) => tracing::warn!(service = %name, "not started at boot: {e}"),
             }
         }
-        started
+        Some(started)
     }
 
     async fn reload(&mut self) -> Result<ReloadSummary, SupervisorError> {
@@ -565,19 +556,11 @@ async fn boot(
         drop(tx);
         let group = match rx.await {
             Ok(Some(g)) => g,
+            Ok(None) if !cancel.is_cancelled() => break,
             _ => return,
         };
         if group.is_empty() {
-            // Past the last group, or every service of this one stopped by the operator: go on
-            // until the order is exhausted.
-            let (reply, rx) = oneshot::channel();
-            let more = match actor.upgrade() {
-                Some(tx) => tx.send(Command::Order(reply)).await.is_ok() && rx.await.is_ok_and(|o| o.len() > n + 1),
-                None => false,
-            };
-            if !more {
-                break;
-            }
+            // Every service of this group stopped by the operator (or unsupervised).
             continue;
         }
         let names: Vec<String> = group.iter().map(|(h, _)| h.snapshot().info.name.clone()).collect();

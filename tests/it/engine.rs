@@ -225,6 +225,14 @@ fn the_next_boot_group_waits_while_a_service_backs_off_after_a_failure() {
     assert_eq!(firsts.len(), 3, "{records:?}");
     assert!(firsts.iter().all(|i| *i < second), "the second group started while the first backed off: {records:?}");
     assert_eq!(n.task("first")["State"], 2);
+    // The order the boot used is the one the API and `check` show (one computation of it).
+    assert_eq!(
+        n.ok("GET", "/task/order", None),
+        json!([{"isInit": true, "priority": 0, "services": ["first"]}, {"isInit": false, "priority": 5, "services": ["second"]}])
+    );
+    let (code, out, _) = f.cli(&["check"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("start order: [init, priority 0: first] -> [priority 5: second]"), "{out}");
 }
 
 #[test]
