@@ -19,6 +19,7 @@ pub mod allow;
 pub mod api;
 pub mod atomic;
 pub mod audit;
+pub mod cgroup;
 pub mod config;
 pub mod ctl;
 pub mod health;

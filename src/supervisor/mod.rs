@@ -378,8 +378,7 @@ impl Actor {
         next.unsupervised.insert(name.clone());
         self.decide(next).await?;
         let handle = self.tasks.remove(&name).ok_or_else(|| SupervisorError::NoTask(name.clone()))?;
-        let table = Arc::new(ProcTable::default());
-        let outcome = Self::enqueue(&handle, &name, Control::Shutdown(table)).or_else(|_| {
+        let outcome = Self::enqueue(&handle, &name, Control::Stop).or_else(|_| {
             // Its queue is full: the stop must still happen; wait for room beside the actor.
             let (tx, rx) = oneshot::channel();
             let h = handle.clone();
@@ -461,7 +460,7 @@ impl Actor {
                 if let Some(handle) = self.tasks.remove(&name) {
                     summary.removed.push(name);
                     self.detached.spawn(async move {
-                        let _ = handle.send(Control::Shutdown(Arc::new(ProcTable::default()))).await;
+                        let _ = handle.send(Control::Stop).await;
                     });
                 }
             }

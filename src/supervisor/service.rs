@@ -75,17 +75,11 @@ struct Request {
     reply: oneshot::Sender<Outcome>,
 }
 
-/// Everything a service task hears, in one bounded queue.
+/// Everything a service task hears, in one bounded queue. Boxed payloads keep a queue slot at
+/// 16 bytes: tokio allocates a block of 32 slots per queue up front, once per service.
 enum Msg {
-    Request(Request),
-    Event(Event),
-}
-
-/// What actions report. `Started` carries a direct-mode child's exit receiver beside the pure
-/// outcome the machine sees.
-enum Event {
-    Input(Input),
-    Started { gen: u64, outcome: StartOutcome },
+    Request(Box<Request>),
+    Event(Box<Input>),
 }
 
 /// How actions and watchers report back: a weak sender, so that the task still ends when its last
@@ -96,7 +90,7 @@ struct Events(mpsc::WeakSender<Msg>);
 impl Events {
     async fn send(&self, input: Input) {
         if let Some(tx) = self.0.upgrade() {
-            let _ = tx.send(Msg::Event(Event::Input(input))).await;
+            let _ = tx.send(Msg::Event(Box::new(input))).await;
         }
     }
 }
@@ -115,7 +109,7 @@ impl ServiceHandle {
     /// from the queue cancels that restart.
     pub fn enqueue(&self, control: Control) -> Result<oneshot::Receiver<Outcome>, ControlError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.try_send(Msg::Request(Request { control, reply })).map_err(|e| match e {
+        self.tx.try_send(Msg::Request(Box::new(Request { control, reply }))).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => ControlError::Busy,
             mpsc::error::TrySendError::Closed(_) => ControlError::Ended,
         })?;
@@ -125,7 +119,7 @@ impl ServiceHandle {
     /// Queues `control`, waiting for room if need be (shutdown, boot), and waits for its outcome.
     pub async fn send(&self, control: Control) -> Outcome {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Msg::Request(Request { control, reply })).await.map_err(|_| ControlError::Ended)?;
+        self.tx.send(Msg::Request(Box::new(Request { control, reply }))).await.map_err(|_| ControlError::Ended)?;
         rx.await.map_err(|_| ControlError::Ended)?
     }
 
@@ -248,9 +242,8 @@ impl ServiceTask {
             let wake = self.machine.next_deadline();
             tokio::select! {
                 msg = self.inbox.recv() => match msg {
-                    Some(Msg::Request(r)) => self.on_request(r),
-                    Some(Msg::Event(Event::Input(input))) => self.feed(input),
-                    Some(Msg::Event(Event::Started { gen, outcome })) => self.feed(Input::Started { gen, outcome }),
+                    Some(Msg::Request(r)) => self.on_request(*r),
+                    Some(Msg::Event(input)) => self.feed(*input),
                     None if self.at_rest() => break,
                     None => self.wind_down(),
                 },
@@ -488,7 +481,7 @@ impl ServiceTask {
         let tx = self.events.0.upgrade()?;
         tokio::spawn(async move {
             let outcome = start_script(&ctx, &paths, &token).await;
-            let _ = tx.send(Msg::Event(Event::Started { gen, outcome })).await;
+            let _ = tx.send(Msg::Event(Box::new(Input::Started { gen, outcome }))).await;
         });
         None
     }
@@ -508,7 +501,7 @@ impl ServiceTask {
         let Some(tx) = self.events.0.upgrade() else { return };
         tokio::spawn(async move {
             let fault = stop(&ctx, pids, lookup).await;
-            let _ = tx.send(Msg::Event(Event::Input(Input::Stopped { gen, fault }))).await;
+            let _ = tx.send(Msg::Event(Box::new(Input::Stopped { gen, fault }))).await;
         });
     }
 

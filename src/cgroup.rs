@@ -1,0 +1,274 @@
+//! cgroup v2: where the hierarchy is mounted (`/proc/self/mountinfo`), where air-nanny sits in it
+//! (`/proc/self/cgroup`), and one child cgroup per service that holds every process of that
+//! service — the truth about what the service runs, instead of a guess by path or pid.
+//!
+//! Layout: service cgroups are `BASE/svc-NAME` (the prefix keeps a service named like an interface
+//! file, `cgroup.procs` say, from colliding). `BASE` is, by default, the parent of air-nanny's own
+//! cgroup when systemd put it into a `supervisor` leaf (`Delegate=yes` + `DelegateSubgroup=supervisor`:
+//! air-nanny and its services are then siblings, as the no-internal-processes rule wants), else
+//! `air-nanny` under the root when air-nanny runs in the root cgroup, else its own cgroup.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// The mount point of the cgroup2 hierarchy, from the text of `/proc/self/mountinfo`.
+pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        left.split_whitespace().nth(4).map(|p| PathBuf::from(unescape(p)))
+    })
+}
+
+/// mountinfo writes a space as `\040` (and tab, newline, backslash likewise, in octal).
+fn unescape(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                let v = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+                out.push(u8::try_from(v).unwrap_or(b'?'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// air-nanny's own cgroup v2 path (relative to the hierarchy's root, starting with `/`), from the
+/// text of `/proc/self/cgroup`.
+pub fn own_cgroup(proc_cgroup: &str) -> Option<String> {
+    proc_cgroup.lines().find_map(|l| l.strip_prefix("0::")).map(|p| p.trim_end().to_string())
+}
+
+/// Where the services' cgroups go, relative to the hierarchy's root, for air-nanny in `own`.
+pub fn default_base(own: &str) -> String {
+    let own = own.trim_end_matches('/');
+    match own.rsplit_once('/') {
+        _ if own.is_empty() => "/air-nanny".to_string(),
+        Some((parent, "supervisor")) if !parent.is_empty() => parent.to_string(),
+        _ => own.to_string(),
+    }
+}
+
+/// The directory under which every service's cgroup lives.
+#[derive(Debug, Clone)]
+pub struct Hierarchy {
+    base: PathBuf,
+}
+
+impl Hierarchy {
+    /// Finds the cgroup2 hierarchy and makes the base directory. `base`: a path relative to the
+    /// hierarchy's root from the configuration (`CGROUP_BASE`), else [`default_base`]. `Err` says why
+    /// cgroups cannot be used here (no cgroup2 mounted, not writable, …).
+    pub fn open(base: Option<&str>) -> Result<Hierarchy, String> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+        let mount = cgroup2_mount(&mountinfo).ok_or("no cgroup2 hierarchy is mounted")?;
+        let base = match base {
+            Some(b) => b.to_string(),
+            None => {
+                let own = fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("/proc/self/cgroup: {e}"))?;
+                default_base(&own_cgroup(&own).ok_or("/proc/self/cgroup has no cgroup v2 line")?)
+            }
+        };
+        if base.split('/').any(|c| c == "..") {
+            return Err(format!("CGROUP_BASE: {base:?} may not contain `..`"));
+        }
+        let dir = mount.join(base.trim_start_matches('/'));
+        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        // A probe: a cgroup we cannot write into is no use.
+        let probe = dir.join(format!("probe-{}", std::process::id()));
+        fs::create_dir(&probe).map_err(|e| format!("cannot create a cgroup in {}: {e}", dir.display()))?;
+        let _ = fs::remove_dir(&probe);
+        Ok(Hierarchy { base: dir })
+    }
+
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// The cgroup of service `name` (not created yet).
+    pub fn service(&self, name: &str) -> ServiceCgroup {
+        ServiceCgroup { dir: self.base.join(format!("svc-{name}")) }
+    }
+
+    /// The names of the services that have a cgroup here (from a previous run, say).
+    pub fn existing(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(&self.base) else { return Vec::new() };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("svc-")).map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// One service's cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceCgroup {
+    dir: PathBuf,
+}
+
+impl ServiceCgroup {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn create(&self) -> io::Result<()> {
+        match fs::create_dir(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every process in it (forks included), in pid order.
+    pub fn procs(&self) -> io::Result<Vec<i32>> {
+        let text = fs::read_to_string(self.dir.join("cgroup.procs"))?;
+        let mut pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        pids.sort_unstable();
+        Ok(pids)
+    }
+
+    /// Whether any process is in it (`cgroup.events`).
+    pub fn populated(&self) -> io::Result<bool> {
+        let text = fs::read_to_string(self.dir.join("cgroup.events"))?;
+        Ok(text.lines().any(|l| l.trim() == "populated 1"))
+    }
+
+    /// SIGKILLs every process in it, forks racing the kill included (`cgroup.kill`, Linux ≥ 5.14;
+    /// before that, each member by pid, until none is left to signal). Asynchronous: the cgroup is
+    /// empty a moment later.
+    pub fn kill(&self) -> io::Result<()> {
+        match fs::OpenOptions::new().write(true).open(self.dir.join("cgroup.kill")) {
+            Ok(mut f) => f.write_all(b"1"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.dir.exists() => {
+                for _ in 0..100 {
+                    let pids = self.procs()?;
+                    if pids.is_empty() {
+                        break;
+                    }
+                    for p in pids {
+                        let _ =
+                            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes it; it must be empty.
+    pub fn remove(&self) -> io::Result<()> {
+        match fs::remove_dir(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Its `cgroup.procs`, open for writing: a child writes `0` there between fork and exec, so it
+    /// is born into the service's cgroup before it can run or fork anything (see [`place_self`]).
+    pub fn procs_writer(&self) -> io::Result<OwnedFd> {
+        let f = fs::OpenOptions::new().write(true).open(self.dir.join("cgroup.procs"))?;
+        Ok(OwnedFd::from(f))
+    }
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is `fd`. Only async-signal-safe
+/// calls: meant for the child between fork and exec.
+pub fn place_self(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: write(2) on an fd we own, from a static buffer; async-signal-safe.
+    let n = unsafe { libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) };
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount_in_hybrid_and_unified_layouts() {
+        let hybrid = "25 30 0:23 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
+                      42 31 0:39 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n";
+        assert_eq!(cgroup2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let unified = "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(cgroup2_mount(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        let v1 = "42 31 0:39 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n";
+        assert_eq!(cgroup2_mount(v1), None);
+        assert_eq!(cgroup2_mount("41 31 0:38 / /mnt/a\\040b rw - cgroup2 none rw\n"), Some(PathBuf::from("/mnt/a b")));
+        assert_eq!(cgroup2_mount("garbage\n - \n\n"), None);
+    }
+
+    #[test]
+    fn own_cgroup_and_where_services_go() {
+        assert_eq!(own_cgroup("9:name=systemd:/\n0::/\n").as_deref(), Some("/"));
+        assert_eq!(own_cgroup("12:pids:/x\n").as_deref(), None);
+        assert_eq!(default_base("/"), "/air-nanny");
+        assert_eq!(default_base("/system.slice/air-nanny.service/supervisor"), "/system.slice/air-nanny.service");
+        assert_eq!(default_base("/system.slice/air-nanny.service"), "/system.slice/air-nanny.service");
+        assert_eq!(default_base("/supervisor"), "/supervisor");
+    }
+
+    /// Against the real hierarchy; says loudly when there is none to test with.
+    #[test]
+    fn a_service_cgroup_holds_forks_reports_population_and_kills_all() {
+        let base = format!("/air-nanny-unit-{}", std::process::id());
+        let h = match Hierarchy::open(Some(&base)) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!(
+                    "!!! NO WRITABLE CGROUP V2 HERE ({e}): cgroup unit test skipped; the fallback mode is what runs"
+                );
+                return;
+            }
+        };
+        let cg = h.service("unit.test");
+        cg.create().unwrap();
+        cg.create().unwrap();
+        assert_eq!(h.existing(), vec!["unit.test".to_string()]);
+        assert!(!cg.populated().unwrap());
+        let fd = cg.procs_writer().unwrap();
+        let mut cmd = std::process::Command::new("/bin/sh");
+        // The shell forks a worker at once: born in the cgroup, the worker is there too.
+        cmd.args(["-c", "sleep 30 & exec sleep 30"]);
+        // SAFETY: place_self only calls write(2).
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || place_self(&fd));
+        }
+        let mut child = cmd.spawn().unwrap();
+        let pid = child.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while cg.procs().unwrap().len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "{:?}", cg.procs());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(cg.procs().unwrap().contains(&pid));
+        assert!(cg.populated().unwrap());
+        cg.kill().unwrap();
+        let _ = child.wait();
+        while cg.populated().unwrap() {
+            assert!(std::time::Instant::now() < deadline, "still populated after cgroup.kill");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        cg.remove().unwrap();
+        fs::remove_dir(h.base()).unwrap();
+    }
+}
