@@ -43,6 +43,9 @@ use config::Settings;
 use store::ConfigStore;
 use supervisor::{ShutdownReport, Supervisor};
 
+/// How long open API connections may delay the exit once every service has stopped.
+const API_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Errors that stop air-nanny from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -94,6 +97,11 @@ pub async fn run(
 ) -> Result<ShutdownReport, StartupError> {
     let settings = Arc::new(settings);
     std::fs::create_dir_all(&settings.log_dir).map_err(|source| StartupError::Setup { what: "LOG_DIR", source })?;
+    match process::raise_nofile_limit() {
+        Ok((before, after)) if after > before => tracing::info!("open-file limit raised from {before} to {after}"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     if let Err(e) = process::become_subreaper() {
         tracing::warn!("cannot become a child subreaper ({e}); daemonised programs are watched by pidfd only");
     }
@@ -141,8 +149,16 @@ pub async fn run(
         .await
         .unwrap_or(ShutdownReport { faults: vec![("air-nanny".into(), "supervisor task panicked".into())] });
     ready_task.abort();
-    if let Ok(Err(e)) = server.await {
-        tracing::error!("API server error: {e}");
+    // The API shut down gracefully while the services stopped; a connection that still holds it
+    // (a half-sent request, a client that never reads) gets at most this long more.
+    let mut server = server;
+    match tokio::time::timeout(API_DRAIN, &mut server).await {
+        Ok(Ok(Err(e))) => tracing::error!("API server error: {e}"),
+        Ok(_) => {}
+        Err(_) => {
+            tracing::warn!("API connections still open {}s after the stop; closing them", API_DRAIN.as_secs());
+            server.abort();
+        }
     }
     Ok(report)
 }

@@ -120,9 +120,20 @@ fn interpreted_script(pid: i32) -> Option<Vec<u8>> {
 
 /// A zombie (or a pid that is gone): its state in /proc/PID/stat, after the command name.
 fn is_zombie(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
-    let state = stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3));
-    state.is_none_or(|s| s == "Z" || s == "X")
+    zombie_in(std::fs::read_to_string(format!("/proc/{pid}/stat")))
+}
+
+/// What a read of /proc/PID/stat says: gone or a zombie. A read that failed for another reason
+/// (EMFILE when file descriptors run out, say) says nothing about the process: it is taken as
+/// alive, never as a death that would restart a running program beside itself.
+fn zombie_in(stat: std::io::Result<String>) -> bool {
+    match stat {
+        Ok(stat) => {
+            let state = stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3));
+            state.is_none_or(|s| s == "Z" || s == "X")
+        }
+        Err(e) => matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH)),
+    }
 }
 
 /// Whether `pid` is alive (a zombie is not).
@@ -209,6 +220,26 @@ pub fn become_subreaper() -> std::io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)
 }
 
+/// Raises the soft limit of open files to the hard one (systemd gives services 1024 soft, which
+/// a few hundred services with their pipes and pidfds exhaust). Returns (before, after). Children
+/// inherit the raised limit.
+pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur as u64;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((before, lim.rlim_cur as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,5 +317,15 @@ mod tests {
         let waited = tokio::time::timeout(Duration::from_secs(5), wait_exit(pid)).await;
         assert!(waited.is_ok());
         let _ = child.wait();
+    }
+
+    #[test]
+    fn a_failed_read_of_proc_is_not_a_death() {
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(!zombie_in(Err(emfile)), "out of file descriptors says nothing about the process");
+        assert!(zombie_in(Err(std::io::Error::from_raw_os_error(libc::ENOENT))));
+        assert!(zombie_in(Ok("12 (a b) Z 1 2".into())));
+        assert!(!zombie_in(Ok("12 (a) b) S 1 2".into())));
+        assert!(zombie_in(Ok("garbage".into())));
     }
 }

@@ -7,6 +7,7 @@ mod common;
 mod api;
 mod check;
 mod engine;
+mod limits;
 mod security;
 mod supervision;
 mod tls;
