@@ -223,6 +223,8 @@ pub fn become_subreaper() -> std::io::Result<()> {
 /// Raises the soft limit of open files to the hard one (systemd gives services 1024 soft, which
 /// a few hundred services with their pipes and pidfds exhaust). Returns (before, after). Children
 /// inherit the raised limit.
+// rlim_t is 32 bits on some 32-bit targets (armv7 gnueabihf): the casts are not useless there.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit we own.
