@@ -7,6 +7,7 @@
 //! - [`store`]: the one owner of services.json; atomic, power-loss-safe writes ([`atomic`]).
 //! - [`supervisor`]: one task per service behind handles; boot order, restarts, shutdown.
 //! - [`process`]: finding programs in /proc, pidfd waits, process-group signals.
+//! - [`cgroup`]: cgroup v2 discovery and per-service cgroups (not wired into the engine yet).
 //! - [`reaper`]: the single owner of `waitpid`; every child is spawned through it.
 //! - [`health`]: one health probe (CMD, CMD-SHELL, HTTP, TCP).
 //! - [`logfile`]: size-rotated per-service logs.

@@ -306,13 +306,6 @@ impl Machine {
         self.next_gen
     }
 
-    /// How a stop of a run looks for the program beyond the pids it knows: it does not; the stop
-    /// itself looks once more after the stop command (a daemonised program may live on under
-    /// another pid), so a stop costs one /proc scan in script mode and none in direct mode.
-    fn stop_lookup(_: &Limits) -> Lookup {
-        Lookup::Absent
-    }
-
     fn decide(&mut self, phase: Phase, input: Input, l: &Limits, now: Instant, out: &mut Vec<Action>) -> Phase {
         use Input as I;
         use Phase as P;
@@ -331,7 +324,7 @@ impl Machine {
             // ---- restart
             (P::Running { run, .. }, I::Restart) => {
                 self.restarts += 1;
-                self.stop(run.pids, Self::stop_lookup(l), None, Then::Start, out)
+                self.stop(run.pids, Lookup::Absent, None, Then::Start, out)
             }
             (P::Stopping { gen, pids, start, then }, I::Restart) => {
                 if then != Then::Start {
@@ -364,7 +357,7 @@ impl Machine {
                 self.stop(vec![], Lookup::Scan, None, Then::Stay, out)
             }
             (P::Running { run, .. }, I::Stop | I::Shutdown(_)) => {
-                self.stop(run.pids, Self::stop_lookup(l), None, Then::Stay, out)
+                self.stop(run.pids, Lookup::Absent, None, Then::Stay, out)
             }
             (P::Starting { gen, .. }, I::Stop | I::Shutdown(_)) => {
                 out.push(Action::Answer(Answer::Start(Err(INTERRUPTED.into()))));
@@ -386,7 +379,7 @@ impl Machine {
             }
             (P::Running { run, .. }, I::Configure { changed: true, .. }) => {
                 out.push(Action::Note(Level::Info, "configuration changed: restarting".into()));
-                self.stop(run.pids, Self::stop_lookup(l), None, Then::Start, out)
+                self.stop(run.pids, Lookup::Absent, None, Then::Start, out)
             }
             (p @ P::Starting { .. }, I::Configure { changed: false, .. }) => p,
             (P::Starting { gen, .. }, I::Configure { changed: true, .. }) => {
@@ -438,7 +431,7 @@ impl Machine {
                     StartOutcome::Running { pids, .. } | StartOutcome::Cancelled { pids } => pids,
                     StartOutcome::Failed(_) => vec![],
                 };
-                out.push(Action::Stop { gen, pids: pids.clone(), lookup: Self::stop_lookup(l) });
+                out.push(Action::Stop { gen, pids: pids.clone(), lookup: Lookup::Absent });
                 P::Stopping { gen, pids, start: None, then }
             }
             (P::Starting { gen, attempt, deadline }, I::Tick) if deadline <= now => {
@@ -673,7 +666,7 @@ impl Machine {
                     if l.daemon {
                         out.push(Action::Note(Level::Info, "unhealthy: restarting".into()));
                         let ran_for = now.saturating_duration_since(run.since);
-                        return self.stop(run.pids, Self::stop_lookup(l), None, Then::Retry { ran_for, attempt }, out);
+                        return self.stop(run.pids, Lookup::Absent, None, Then::Retry { ran_for, attempt }, out);
                     }
                 }
             }

@@ -96,19 +96,32 @@ impl Fixture {
     /// A control script that daemonises the service's program with `args` (like the seed's run.sh)
     /// and records `script-start NAME` / `script-stop NAME`. `stop` replaces the stop body.
     pub fn script(&self, name: &str, args: &str, stop: Option<&str>) -> String {
-        let rec = self.path("record.log").display().to_string();
         let pidf = self.path(&format!("run/{name}.pid")).display().to_string();
         let default_stop = format!(
             "pid=$(cat {pidf}); kill -TERM $pid; i=0; while kill -0 $pid 2>/dev/null && [ $i -lt 250 ]; do sleep 0.02; i=$((i+1)); done"
         );
+        let start = format!("nohup \"$AIR_NANNY_PROGRAM\" {args} </dev/null >/dev/null 2>&1 &\n  echo $! > {pidf}");
+        self.script_with(name, &start, stop.unwrap_or(&default_stop))
+    }
+
+    /// A control script with these `start` and `stop` bodies, recording `script-start NAME` /
+    /// `script-stop NAME` before each.
+    pub fn script_with(&self, name: &str, start: &str, stop: &str) -> String {
+        let rec = self.path("record.log").display().to_string();
         let text = format!(
-            "#!/bin/sh\ncase \"$1\" in\nstart)\n  echo \"script-start $AIR_NANNY_SERVICE\" >> {rec}\n  nohup \"$AIR_NANNY_PROGRAM\" {args} </dev/null >/dev/null 2>&1 &\n  echo $! > {pidf}\n  ;;\nstop)\n  echo \"script-stop $AIR_NANNY_SERVICE\" >> {rec}\n  {}\n  ;;\n*) exit 2 ;;\nesac\n",
-            stop.map(str::to_string).unwrap_or(default_stop)
+            "#!/bin/sh\ncase \"$1\" in\nstart)\n  echo \"script-start $AIR_NANNY_SERVICE\" >> {rec}\n  {start}\n  ;;\nstop)\n  echo \"script-stop $AIR_NANNY_SERVICE\" >> {rec}\n  {stop}\n  ;;\n*) exit 2 ;;\nesac\n"
         );
         let path = self.path(&format!("scripts/{name}.sh"));
         std::fs::write(&path, text).unwrap();
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         path.display().to_string()
+    }
+
+    /// Waits until air-nanny's own log (stderr of every run of this fixture) contains `text`.
+    pub fn wait_log(&self, text: &str, timeout: Duration) {
+        wait_until(&format!("{text:?} in air-nanny's log"), timeout, || {
+            std::fs::read_to_string(self.path("nanny.log")).unwrap_or_default().contains(text).then_some(())
+        });
     }
 
     /// A script-mode service object.

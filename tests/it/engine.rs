@@ -10,16 +10,9 @@ use serde_json::json;
 
 use crate::common::*;
 
-/// A control script with this `start` body (and a stop that kills the program by its path).
+/// A control script with this `start` body and a stop that kills the program by its path.
 fn script_with_start(f: &Fixture, name: &str, start: &str) -> String {
-    let rec = f.path("record.log").display().to_string();
-    let text = format!(
-        "#!/bin/sh\ncase \"$1\" in\nstart)\n  echo \"script-start $AIR_NANNY_SERVICE\" >> {rec}\n  {start}\n  ;;\nstop)\n  echo \"script-stop $AIR_NANNY_SERVICE\" >> {rec}\n  pkill -TERM -f \"^$AIR_NANNY_PROGRAM\" ; exit 0\n  ;;\nesac\n"
-    );
-    let path = f.path(&format!("scripts/{name}.sh"));
-    std::fs::write(&path, text).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    path.display().to_string()
+    f.script_with(name, start, "pkill -TERM -f \"^$AIR_NANNY_PROGRAM\" ; exit 0")
 }
 
 fn count(records: &[String], line: &str) -> usize {
@@ -105,9 +98,7 @@ fn an_operator_stop_or_delete_during_boot_stays_in_force() {
     let state = std::fs::read_to_string(f.path("conf/state.json")).unwrap();
     assert!(state.contains("parked") && state.contains("dropped"), "written before the answer: {state}");
     std::fs::write(&gate, "").unwrap();
-    wait_until("the boot order complete", Duration::from_secs(15), || {
-        std::fs::read_to_string(f.path("nanny.log")).unwrap().contains("boot order complete").then_some(())
-    });
+    f.wait_log("boot order complete", Duration::from_secs(15));
     let records = f.records();
     assert_eq!(count(&records, "script-start parked"), 0, "{records:?}");
     assert_eq!(count(&records, "script-start dropped"), 0, "{records:?}");
@@ -266,9 +257,7 @@ fn a_corrupt_state_json_falls_back_to_its_backup_and_both_bad_refuse_to_start() 
     // A power cut garbled state.json; its backup holds the decision before the last one.
     std::fs::write(f.path("conf/state.json"), "{\"stopped\": [\"a\", \"b").unwrap();
     let mut n = f.start();
-    wait_until("the boot order complete", Duration::from_secs(15), || {
-        std::fs::read_to_string(f.path("nanny.log")).unwrap().contains("boot order complete").then_some(())
-    });
+    f.wait_log("boot order complete", Duration::from_secs(15));
     assert_eq!(n.task("a")["State"], 0, "the backup's decision holds: a stays stopped");
     assert!(f.pids_of("a").is_empty());
     assert!(std::fs::read_to_string(f.path("nanny.log")).unwrap().contains("USING THE BACKUP"));
