@@ -8,10 +8,18 @@
 //! air-nanny and its services are then siblings, as the no-internal-processes rule wants), else
 //! `air-nanny` under the root when air-nanny runs in the root cgroup, else its own cgroup.
 
+use std::collections::HashMap;
+use std::ffi::CString;
 use std::fs;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// The mount point of the cgroup2 hierarchy, from the text of `/proc/self/mountinfo`.
 pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
@@ -171,6 +179,44 @@ impl ServiceCgroup {
         }
     }
 
+    /// Waits until no process is left in it, or `deadline`. True when empty. `events` is its
+    /// [`Monitor::watch`]; without one (or when the watch ends) it looks every 20 ms.
+    pub async fn wait_empty(&self, events: Option<&mut watch::Receiver<u64>>, deadline: Instant) -> bool {
+        let mut events = events;
+        loop {
+            if let Some(rx) = events.as_deref_mut() {
+                rx.borrow_and_update();
+            }
+            // A cgroup that has gone (removed) holds nothing either.
+            if !self.populated().unwrap_or(false) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            let wake = async {
+                let watched = match events.as_deref_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => false,
+                };
+                if !watched {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            };
+            let _ = tokio::time::timeout_at(deadline, wake).await;
+        }
+    }
+
+    /// Sends `sig` to every process in it; the number signalled.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> usize {
+        let pids = self.procs().unwrap_or_default();
+        let me = std::process::id() as i32;
+        pids.iter()
+            .filter(|&&p| p > 1 && p != me)
+            .filter(|&&p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig).is_ok())
+            .count()
+    }
+
     /// Removes it; it must be empty.
     pub fn remove(&self) -> io::Result<()> {
         match fs::remove_dir(&self.dir) {
@@ -184,6 +230,96 @@ impl ServiceCgroup {
     pub fn procs_writer(&self) -> io::Result<OwnedFd> {
         let f = fs::OpenOptions::new().write(true).open(self.dir.join("cgroup.procs"))?;
         Ok(OwnedFd::from(f))
+    }
+}
+
+/// What the engine needs for cgroup ownership: where the services' cgroups go, and their events.
+#[derive(Clone)]
+pub struct Cgroups {
+    pub hierarchy: Hierarchy,
+    pub monitor: Monitor,
+}
+
+/// Every service cgroup's `cgroup.events`, watched through one inotify descriptor: a change of
+/// `populated` is an event that wakes whoever waits on that cgroup, never a polling tick, and a
+/// thousand services cost one file descriptor.
+#[derive(Clone)]
+pub struct Monitor {
+    inner: Arc<MonitorInner>,
+}
+
+struct MonitorInner {
+    fd: AsyncFd<OwnedFd>,
+    /// inotify watch descriptor → the counter its waiters watch.
+    watches: Mutex<HashMap<i32, watch::Sender<u64>>>,
+}
+
+impl Monitor {
+    /// The inotify descriptor and the task that reads it. Inside the runtime.
+    pub fn start() -> io::Result<Monitor> {
+        // SAFETY: inotify_init1 takes flags and returns a new fd or -1.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just handed us this fd; nothing else owns it, and the AsyncFd owns it
+        // for its whole life.
+        let fd = unsafe { AsyncFd::register_with_interest(OwnedFd::from_raw_fd(fd), tokio::io::Interest::READABLE) }?;
+        let inner = Arc::new(MonitorInner { fd, watches: Mutex::new(HashMap::new()) });
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let Ok(mut guard) = inner.fd.readable().await else { return };
+                // SAFETY: read(2) into a buffer we own, of its length.
+                let n = unsafe { libc::read(inner.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        guard.clear_ready();
+                        continue;
+                    }
+                    tracing::error!("cgroup monitor: {e}");
+                    return;
+                }
+                inner.dispatch(&buf[..n as usize]);
+            }
+        });
+        Ok(Monitor { inner })
+    }
+
+    /// A receiver that changes whenever `cg`'s `cgroup.events` does (the cgroup must exist).
+    pub fn watch(&self, cg: &ServiceCgroup) -> io::Result<watch::Receiver<u64>> {
+        let path = CString::new(cg.dir.join("cgroup.events").as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: a valid C string and our inotify fd.
+        let wd = unsafe { libc::inotify_add_watch(self.inner.fd.as_raw_fd(), path.as_ptr(), libc::IN_MODIFY) };
+        if wd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut watches = self.inner.watches.lock().expect("monitor lock");
+        // The same file gives the same descriptor: its waiters share one counter.
+        Ok(watches.entry(wd).or_insert_with(|| watch::channel(0).0).subscribe())
+    }
+}
+
+impl MonitorInner {
+    fn dispatch(&self, mut events: &[u8]) {
+        const HEAD: usize = std::mem::size_of::<libc::inotify_event>();
+        let mut watches = self.watches.lock().expect("monitor lock");
+        while events.len() >= HEAD {
+            // SAFETY: the kernel writes whole inotify_event records; read_unaligned copes with any
+            // alignment of our buffer.
+            let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(events.as_ptr().cast()) };
+            events = events.get(HEAD + ev.len as usize..).unwrap_or_default();
+            if ev.mask & libc::IN_IGNORED != 0 {
+                // The cgroup was removed: its waiters see the sender go.
+                watches.remove(&ev.wd);
+            } else if let Some(tx) = watches.get(&ev.wd) {
+                tx.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
     }
 }
 

@@ -76,7 +76,7 @@ fn io_kind(e: &std::io::Error) -> String {
 }
 
 async fn run_command(mut cmd: Command, timeout: Duration, reaper: &Reaper, log: &ServiceLog) -> Result<(), String> {
-    let out = log.pipe().map_err(|e| format!("cannot capture output: {e}"))?;
+    let out = log.output().map_err(|e| format!("cannot capture output: {e}"))?;
     let err = out.try_clone().map_err(|e| format!("cannot capture output: {e}"))?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     let spawned = reaper.spawn(&mut cmd).map_err(|e| format!("cannot run the check: {e}"))?;

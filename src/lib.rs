@@ -60,6 +60,8 @@ pub enum StartupError {
     Listen { addr: String, source: std::io::Error },
     #[error("cannot set up {what}: {source}")]
     Setup { what: &'static str, source: std::io::Error },
+    #[error("CGROUPS: required, but cgroup v2 cannot be used: {0}")]
+    Cgroup(String),
 }
 
 /// Loads and validates everything `run` needs; warnings are logged, errors stop here.
@@ -124,7 +126,16 @@ pub async fn run(
             tracing::info!(file = %file.display(), removed, "removed temp files of interrupted writes");
         }
     }
-    let (sup, supervisor_done) = Supervisor::start(settings.clone(), store.clone(), reaper, shutdown.clone())?;
+    let cgroups = open_cgroups(&settings)?;
+    let (sup, supervisor_done) = Supervisor::start(settings.clone(), store.clone(), reaper, cgroups, shutdown.clone())?;
+    tokio::spawn(async {
+        let mut every = tokio::time::interval(logfile::SWEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            logfile::sweep_all();
+        }
+    });
     spawn_signal_task(signals, sup.clone(), security.clone(), shutdown.clone());
 
     let state = api::AppState {
@@ -162,6 +173,30 @@ pub async fn run(
         }
     }
     Ok(report)
+}
+
+/// The services' cgroups as `CGROUPS` asks: `off` → none; `auto` → where cgroup v2 is writable,
+/// else the fallback with a loud warning; `required` → an error when it is not.
+fn open_cgroups(settings: &Settings) -> Result<Option<cgroup::Cgroups>, StartupError> {
+    if settings.cgroups == config::CgroupMode::Off {
+        tracing::info!("CGROUPS: off: processes are owned by pid (fallback mode)");
+        return Ok(None);
+    }
+    let opened = cgroup::Hierarchy::open(settings.cgroup_base.as_deref()).and_then(|hierarchy| {
+        let monitor = cgroup::Monitor::start().map_err(|e| format!("inotify: {e}"))?;
+        Ok(cgroup::Cgroups { hierarchy, monitor })
+    });
+    match opened {
+        Ok(c) => {
+            tracing::info!(base = %c.hierarchy.base().display(), "one cgroup per service");
+            Ok(Some(c))
+        }
+        Err(reason) if settings.cgroups == config::CgroupMode::Required => Err(StartupError::Cgroup(reason)),
+        Err(reason) => {
+            tracing::warn!("NO CGROUPS ({reason}): processes are owned by pid and found by path (fallback mode)");
+            Ok(None)
+        }
+    }
 }
 
 /// SIGTERM/SIGINT cancel the root token (a second one exits at once); SIGHUP reloads services.json,

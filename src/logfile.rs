@@ -1,5 +1,6 @@
-//! Service logs: one size-rotated file per service in LOG_DIR, fed by pipes from the service's
-//! scripts and programs and by air-nanny's own notes, so a long flight cannot fill the disk.
+//! Service logs: one size-rotated file per service in LOG_DIR, written by the service's scripts
+//! and programs directly (their stdout and stderr are the file) and by air-nanny's own notes, so a
+//! long flight cannot fill the disk and a crash of air-nanny cannot cut a program's output.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -7,34 +8,43 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// A log file rotated by size: `name.log`, `name.log.1` … `name.log.N`.
+/// A log file rotated by size: `name.log`, `name.log.1` … `name.log.N`. Programs write into
+/// `name.log` themselves (an `O_APPEND` descriptor of their own), so the current file is rotated
+/// by copy and truncate: its inode stays the one they write to.
 struct Rotating {
     path: PathBuf,
     file: Option<File>,
-    size: u64,
     max_bytes: u64,
     max_files: u32,
 }
 
 impl Rotating {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+    fn open(&mut self) -> io::Result<&File> {
         if self.file.is_none() {
-            let f = OpenOptions::new().create(true).append(true).open(&self.path)?;
-            self.size = f.metadata()?.len();
-            self.file = Some(f);
+            self.file = Some(OpenOptions::new().create(true).append(true).open(&self.path)?);
         }
-        if self.size + bytes.len() as u64 > self.max_bytes && self.size > 0 {
+        Ok(self.file.as_ref().expect("opened above"))
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.rotate_if_full(bytes.len() as u64)?;
+        let mut f = self.open()?;
+        f.write_all(bytes)
+    }
+
+    /// Rotates when the current file plus `adding` bytes would exceed the limit.
+    fn rotate_if_full(&mut self, adding: u64) -> io::Result<()> {
+        let size = self.open()?.metadata()?.len();
+        if size > 0 && size + adding > self.max_bytes {
             self.rotate()?;
-            return self.write(bytes);
         }
-        let f = self.file.as_mut().expect("opened above");
-        f.write_all(bytes)?;
-        self.size += bytes.len() as u64;
         Ok(())
     }
 
+    /// Shifts `.1`… up by one, copies the current file to `.1` and truncates it. What a program
+    /// writes between the copy and the truncation is lost (the copy of 1 MiB takes about a
+    /// millisecond); a line being written at that moment may be split between the two files.
     fn rotate(&mut self) -> io::Result<()> {
-        self.file = None;
         for i in (1..self.max_files).rev() {
             let from = numbered(&self.path, i);
             if from.exists() {
@@ -42,12 +52,12 @@ impl Rotating {
             }
         }
         if self.max_files >= 1 {
-            std::fs::rename(&self.path, numbered(&self.path, 1))?;
-        } else {
-            std::fs::remove_file(&self.path)?;
+            let to = numbered(&self.path, 1);
+            let tmp = numbered(&self.path, 0);
+            std::fs::copy(&self.path, &tmp)?;
+            std::fs::rename(&tmp, &to)?;
         }
-        self.size = 0;
-        Ok(())
+        self.open()?.set_len(0)
     }
 }
 
@@ -67,7 +77,9 @@ impl ServiceLog {
     /// `max_files` rotated files are kept besides the current one.
     pub fn open(dir: &Path, service: &str, max_bytes: u64, max_files: u32) -> ServiceLog {
         let path = dir.join(format!("{service}.log"));
-        ServiceLog { inner: Arc::new(Mutex::new(Rotating { path, file: None, size: 0, max_bytes, max_files })) }
+        let log = ServiceLog { inner: Arc::new(Mutex::new(Rotating { path, file: None, max_bytes, max_files })) };
+        OPEN_LOGS.lock().expect("log registry").push(Arc::downgrade(&log.inner));
+        log
     }
 
     pub fn path(&self) -> PathBuf {
@@ -87,35 +99,22 @@ impl ServiceLog {
         self.append(format!("[air-nanny] {msg}\n").as_bytes());
     }
 
-    /// A pipe whose read end is pumped into this log until every writer has closed it. The write
-    /// end goes to a child's stdout/stderr.
-    pub fn pipe(&self) -> io::Result<OwnedFd> {
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
-        let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(read)?;
-        let log = self.clone();
-        tokio::spawn(async move {
-            // Wait for data without holding a buffer: a quiet pipe costs only its task. The read
-            // itself goes through one buffer per thread.
-            thread_local! { static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 16 * 1024]); }
-            loop {
-                if rx.readable().await.is_err() {
-                    break;
-                }
-                let done = BUF.with_borrow_mut(|buf| match rx.try_read(buf) {
-                    Ok(0) => true,
-                    Ok(n) => {
-                        log.append(&buf[..n]);
-                        false
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-                    Err(_) => true,
-                });
-                if done {
-                    break;
-                }
-            }
-        });
-        Ok(write)
+    /// A descriptor of the current file for a child's stdout and stderr (`O_APPEND`, so a
+    /// program's lines and air-nanny's notes interleave whole). The program writes to the file
+    /// itself: nothing of air-nanny stands between them, so its output keeps reaching the log
+    /// when air-nanny is killed or restarted (no pipe whose reader dies, no SIGPIPE).
+    pub fn output(&self) -> io::Result<OwnedFd> {
+        let mut log = self.inner.lock().expect("log lock");
+        log.rotate_if_full(0)?;
+        Ok(OwnedFd::from(log.open()?.try_clone()?))
+    }
+
+    /// Rotates this log if programs have filled it.
+    fn sweep(&self) {
+        let mut log = self.inner.lock().expect("log lock");
+        if let Err(e) = log.rotate_if_full(0) {
+            tracing::warn!(file = %log.path.display(), "cannot rotate service log: {e}");
+        }
     }
 
     /// The last `lines` lines of the current file (and the previous one when the current is short).
@@ -134,6 +133,26 @@ impl ServiceLog {
         let all: Vec<&str> = s.lines().collect();
         let from = all.len().saturating_sub(lines);
         Ok(all[from..].join("\n"))
+    }
+}
+
+/// Every open service log, for [`sweep_all`].
+static OPEN_LOGS: Mutex<Vec<std::sync::Weak<Mutex<Rotating>>>> = Mutex::new(Vec::new());
+
+/// How often programs' output is checked against LOG_MAX_SIZE (they write without air-nanny
+/// seeing it). A file can exceed the limit by what a program writes in this time.
+pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Rotates every service log that programs have filled; forgets the logs of removed services.
+/// One `fstat` per log: at N = 1000, about a millisecond every [`SWEEP_EVERY`].
+pub fn sweep_all() {
+    let logs: Vec<ServiceLog> = {
+        let mut open = OPEN_LOGS.lock().expect("log registry");
+        open.retain(|w| w.strong_count() > 0);
+        open.iter().filter_map(|w| w.upgrade()).map(|inner| ServiceLog { inner }).collect()
+    };
+    for log in logs {
+        log.sweep();
     }
 }
 

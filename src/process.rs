@@ -46,6 +46,21 @@ pub fn find_program_after(program: &Path, after: i32) -> Vec<i32> {
     pids
 }
 
+/// Those of `pids` whose executable (or interpreted script) is `program`: a look at a few known
+/// processes (a service's cgroup members), not a scan of /proc.
+pub fn program_among(pids: &[i32], program: &Path) -> Vec<i32> {
+    let want = program.as_os_str().as_bytes();
+    pids.iter().copied().filter(|&pid| stands_for(pid, |path| path == want)).collect()
+}
+
+/// Whether `matches` holds for one of the paths process `pid` stands for (see [`scan`]).
+fn stands_for(pid: i32, mut matches: impl FnMut(&[u8]) -> bool) -> bool {
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return false };
+    let exe = exe.as_os_str().as_bytes();
+    let exe = exe.strip_suffix(b" (deleted)").unwrap_or(exe);
+    matches(exe) || (is_interpreter(exe) && interpreted_script(pid).is_some_and(|s| matches(&s)))
+}
+
 /// Every program running on the machine, by path, from one pass over /proc: what boot uses to
 /// adopt the programs of a whole group without scanning once per service.
 #[derive(Debug, Default)]
@@ -212,6 +227,21 @@ pub fn lookup_user(user: &str) -> Result<(u32, u32), String> {
         Some(uid) => Ok((uid, uid)),
         None => Err(format!("no user named {user:?} in /etc/passwd")),
     }
+}
+
+/// Becomes `uid`/`gid` with no supplementary groups, as std's `Command::uid` does. Only
+/// async-signal-safe calls: meant for a child between fork and exec.
+pub fn drop_privileges(uid: u32, gid: u32) -> std::io::Result<()> {
+    // SAFETY: plain system calls on integers; setgroups with a null list of length 0.
+    unsafe {
+        if libc::getuid() == 0 {
+            libc::setgroups(0, std::ptr::null());
+        }
+        if libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Makes the calling process a child subreaper, so that orphans of its descendants (programs that

@@ -51,14 +51,48 @@ pub struct Spawned {
     pub exit: oneshot::Receiver<Exit>,
 }
 
+/// Who waits for which pid, and the exits nobody waited for yet.
+#[derive(Default)]
+struct Table {
+    waiters: HashMap<i32, Waiter>,
+    /// The last [`RECENT`] exits of processes nobody had claimed (adopted orphans: programs that
+    /// control scripts daemonised), for a [`Reaper::claim`] that comes a moment late.
+    recent: std::collections::VecDeque<(i32, Reaped)>,
+    /// Counts reaped processes: the order of deaths.
+    seq: u64,
+}
+
+/// An exit and its place in the order of reaping (a larger `seq` was reaped later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reaped {
+    pub seq: u64,
+    pub exit: Exit,
+}
+
+enum Waiter {
+    Spawned(oneshot::Sender<Exit>),
+    Claimed(oneshot::Sender<Reaped>),
+}
+
+impl Waiter {
+    fn is_closed(&self) -> bool {
+        match self {
+            Waiter::Spawned(tx) => tx.is_closed(),
+            Waiter::Claimed(tx) => tx.is_closed(),
+        }
+    }
+}
+
+const RECENT: usize = 64;
+
 /// The waiters, process-wide: `waitpid(-1)` reaps any child of the process, so there can only be
 /// one table of who waits for which pid, however many runtimes (tests) start a reaping task.
-static WAITERS: OnceLock<Mutex<HashMap<i32, oneshot::Sender<Exit>>>> = OnceLock::new();
+static WAITERS: OnceLock<Mutex<Table>> = OnceLock::new();
 
 /// Cheap to clone handle on the reaper.
 #[derive(Clone)]
 pub struct Reaper {
-    waiters: &'static Mutex<HashMap<i32, oneshot::Sender<Exit>>>,
+    waiters: &'static Mutex<Table>,
 }
 
 impl Reaper {
@@ -94,8 +128,38 @@ impl Reaper {
         // Dropping a std Child neither waits nor kills: the reaper owns its exit from here.
         drop(child);
         let (tx, rx) = oneshot::channel();
-        waiters.insert(pid, tx);
+        waiters.waiters.insert(pid, Waiter::Spawned(tx));
+        waiters.recent.retain(|(p, _)| *p != pid);
         Ok(Spawned { pid, exit: rx })
+    }
+
+    /// The exit of `pid`, a process of a service that air-nanny did not spawn itself (a program a
+    /// control script daemonised: air-nanny, as subreaper, reaps it when it dies). `None` when
+    /// someone already waits for it. The receiver fails if the process is reaped by someone else
+    /// (its parent); it may never resolve for a process that is not air-nanny's child.
+    pub fn claim(&self, pid: i32) -> Option<oneshot::Receiver<Reaped>> {
+        let mut t = self.waiters.lock().expect("reaper lock");
+        if t.waiters.get(&pid).is_some_and(|w| !w.is_closed()) {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        // Reaped already (a death a moment before the claim)? Only if no live process has taken
+        // that pid since (then the recorded exit is another's).
+        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err();
+        if let Some(i) = t.recent.iter().rposition(|(p, _)| *p == pid) {
+            let (_, exit) = t.recent.remove(i).expect("found above");
+            if gone {
+                let _ = tx.send(exit);
+                return Some(rx);
+            }
+        }
+        // Claims of processes reaped by their own parents are never answered: forget them when
+        // their claimers have gone, before the table grows.
+        if t.waiters.len() >= 256 && t.waiters.len().is_power_of_two() {
+            t.waiters.retain(|_, w| !w.is_closed());
+        }
+        t.waiters.insert(pid, Waiter::Claimed(tx));
+        Some(rx)
     }
 
     /// Collects every exited child, handing each status to its waiter.
@@ -108,11 +172,22 @@ impl Reaper {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => continue,
             };
-            match waiters.remove(&pid) {
-                Some(tx) => {
+            waiters.seq += 1;
+            let reaped = Reaped { seq: waiters.seq, exit };
+            match waiters.waiters.remove(&pid) {
+                Some(Waiter::Spawned(tx)) => {
                     let _ = tx.send(exit);
                 }
-                None => tracing::debug!(pid, %exit, "reaped an adopted process"),
+                Some(Waiter::Claimed(tx)) if !tx.is_closed() => {
+                    let _ = tx.send(reaped);
+                }
+                _ => {
+                    tracing::debug!(pid, %exit, "reaped an adopted process");
+                    if waiters.recent.len() == RECENT {
+                        waiters.recent.pop_front();
+                    }
+                    waiters.recent.push_back((pid, reaped));
+                }
             }
         }
     }
@@ -139,6 +214,29 @@ mod tests {
         }
         let s = reaper.spawn(Command::new("sh").arg("-c").arg("kill -9 $$")).unwrap();
         assert_eq!(s.exit.await.unwrap(), Exit::Signal(9));
+        // An orphan (a grandchild whose parent has exited) is reparented to us only when we are a
+        // subreaper; claimed before or after its death, its exit reaches the claim.
+        crate::process::become_subreaper().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!("sleep 0.2 & echo $! > {}", pidfile.display());
+        let s = reaper.spawn(Command::new("sh").arg("-c").arg(&script)).unwrap();
+        assert_eq!(s.exit.await.unwrap(), Exit::Code(0));
+        let orphan: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let claim = reaper.claim(orphan).expect("nobody waits for it");
+        let exit = tokio::time::timeout(std::time::Duration::from_secs(10), claim).await.unwrap().unwrap();
+        assert_eq!(exit.exit, Exit::Code(0));
+        // Claimed only after it was reaped: the recent exits answer.
+        let script = format!("sh -c 'exit 7' & echo $! > {}", pidfile.display());
+        let s = reaper.spawn(Command::new("sh").arg("-c").arg(&script)).unwrap();
+        assert_eq!(s.exit.await.unwrap(), Exit::Code(0));
+        let orphan: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while nix::sys::signal::kill(nix::unistd::Pid::from_raw(orphan), None).is_ok() {
+            assert!(std::time::Instant::now() < deadline, "the orphan was never reaped");
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        assert_eq!(reaper.claim(orphan).unwrap().await.unwrap().exit, Exit::Code(7));
         let zombies = std::fs::read_dir("/proc")
             .unwrap()
             .flatten()

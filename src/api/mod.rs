@@ -496,7 +496,7 @@ async fn task_get(State(s): State<AppState>) -> Response {
 
 async fn task_find(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     let name = name_param(q)?;
-    let t = s.supervisor.get(&name).await.ok_or_else(|| ApiError::no_task(&name))?;
+    let t = s.supervisor.get_fresh(&name).await.ok_or_else(|| ApiError::no_task(&name))?;
     Ok(s.task_cache.one_response(&t))
 }
 
@@ -577,6 +577,7 @@ async fn health(State(s): State<AppState>, req: Request) -> Response {
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
             "tls": s.security.tls.is_some(),
+            "ownership": s.supervisor.ownership(),
         })),
     }
 }

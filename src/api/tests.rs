@@ -64,7 +64,7 @@ mod router {
         let (store, _) = ConfigStore::load(&settings.services_file).unwrap();
         let reaper = crate::reaper::Reaper::start().unwrap();
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let (supervisor, _) = Supervisor::start(settings.clone(), store.clone(), reaper, shutdown).unwrap();
+        let (supervisor, _) = Supervisor::start(settings.clone(), store.clone(), reaper, None, shutdown).unwrap();
         let tokens = Tokens { write: token.map(str::to_string), read: read.map(str::to_string) };
         let state = AppState {
             security: Security::new(settings.clone(), tokens, None),

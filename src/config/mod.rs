@@ -140,6 +140,22 @@ pub struct Settings {
     /// `ALLOWED_CHECK_HOSTS`: addresses HTTP and TCP checks set over the API may reach, besides
     /// loopback.
     pub allowed_check_hosts: Vec<IpAddr>,
+    /// `CGROUPS`: whether each service gets its own cgroup v2.
+    pub cgroups: CgroupMode,
+    /// `CGROUP_BASE`: where the services' cgroups go, relative to the cgroup2 hierarchy's root;
+    /// `None`: beside air-nanny's own cgroup (see `cgroup::default_base`).
+    pub cgroup_base: Option<String>,
+}
+
+/// `CGROUPS`: how a service's processes are owned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// One cgroup per service where cgroup v2 is writable; else the fallback, with a warning.
+    Auto,
+    /// Never: the fallback mode (processes recorded by pid and start time, pidfds).
+    Off,
+    /// Always: air-nanny refuses to start without a writable cgroup v2.
+    Required,
 }
 
 /// The keys config.yaml may hold; anything else is warned about.
@@ -172,6 +188,8 @@ const KNOWN_KEYS: &[&str] = &[
     "API_TLS_CLIENT_CA",
     "API_HOST_NAMES",
     "ALLOWED_CHECK_HOSTS",
+    "CGROUPS",
+    "CGROUP_BASE",
 ];
 
 /// The largest LOG_MAX_FILES.
@@ -258,6 +276,29 @@ impl Settings {
         let tls_client_ca = y.opt_path("API_TLS_CLIENT_CA", &config_dir);
         let api_host_names = y.opt_string_list("API_HOST_NAMES").unwrap_or_default();
         let allowed_check_hosts = y.opt_string_list("ALLOWED_CHECK_HOSTS").unwrap_or_default();
+        let cgroups = match y.opt_string("CGROUPS").as_deref() {
+            None | Some("auto") => CgroupMode::Auto,
+            Some("off") => CgroupMode::Off,
+            Some("required") => CgroupMode::Required,
+            Some(other) => {
+                y.problems.error(&file, "CGROUPS", format!("{other:?} is not one of auto, off, required"));
+                CgroupMode::Auto
+            }
+        };
+        let cgroup_base = y.opt_string("CGROUP_BASE");
+        if let Some(b) = &cgroup_base {
+            let bad = !b.starts_with('/')
+                || b.split('/').any(|c| c == ".." || c == ".")
+                || b.contains("//")
+                || b.bytes().any(|c| c.is_ascii_control());
+            if bad {
+                y.problems.error(
+                    &file,
+                    "CGROUP_BASE",
+                    format!("{b:?} must be an absolute path inside the cgroup2 hierarchy, without `.` or `..`"),
+                );
+            }
+        }
 
         let tls = match (tls_cert, tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key, client_ca: tls_client_ca }),
@@ -365,6 +406,8 @@ impl Settings {
             tls,
             api_host_names,
             allowed_check_hosts,
+            cgroups,
+            cgroup_base,
         })
     }
 

@@ -156,6 +156,16 @@ pub enum Input {
         gen: u64,
         pids: Vec<i32>,
     },
+    /// The processes of run `gen` as its cgroup lists them now (forks included).
+    Members {
+        gen: u64,
+        pids: Vec<i32>,
+    },
+    /// Every process of run `gen` has exited (its cgroup is empty); `exit` is the last one's.
+    Emptied {
+        gen: u64,
+        exit: Option<String>,
+    },
     Checked {
         gen: u64,
         result: Result<(), String>,
@@ -273,6 +283,14 @@ impl Machine {
             Phase::Running { run, .. } => &run.pids,
             Phase::Stopping { pids, .. } => pids,
             _ => &[],
+        }
+    }
+
+    /// The generation of the run in progress, when the program runs.
+    pub fn run_gen(&self) -> Option<u64> {
+        match &self.phase {
+            Phase::Running { run, .. } => Some(run.gen),
+            _ => None,
         }
     }
 
@@ -470,6 +488,12 @@ impl Machine {
                     self.last_exit = Some(e.clone());
                 }
                 run.pids.retain(|p| *p != pid);
+                // A direct-mode child (its exit is known) is the program: when it ends, the run
+                // ends, whatever it forked.
+                if l.direct && exit.is_some() {
+                    out.push(Action::KillGroup { pid });
+                    return self.died(run, attempt, exit, l, now, out);
+                }
                 if !run.pids.is_empty() {
                     return P::Running { run, attempt };
                 }
@@ -488,6 +512,17 @@ impl Machine {
                 out.push(Action::Watch { gen, pids: pids.clone() });
                 run.pids = pids;
                 P::Running { run, attempt }
+            }
+
+            (P::Running { mut run, attempt }, I::Members { gen, pids }) if gen == run.gen && !pids.is_empty() => {
+                run.pids = pids;
+                P::Running { run, attempt }
+            }
+            (P::Running { run, attempt }, I::Emptied { gen, exit }) if gen == run.gen => {
+                if let Some(e) = &exit {
+                    self.last_exit = Some(e.clone());
+                }
+                self.died(run, attempt, exit, l, now, out)
             }
 
             // ---- health checks

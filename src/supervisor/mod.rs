@@ -27,6 +27,7 @@ pub use service::{Control, ControlError, Done, Outcome, ServiceHandle};
 pub use state::{Health, State, TaskSnapshot};
 
 use crate::allow::Policy;
+use crate::cgroup::Cgroups;
 use crate::config::{ServiceInfo, Settings};
 use crate::logfile::ServiceLog;
 use crate::process::ProcTable;
@@ -84,6 +85,7 @@ type Pending = oneshot::Receiver<Outcome>;
 enum Command {
     List(oneshot::Sender<Vec<Arc<TaskSnapshot>>>),
     Get(String, oneshot::Sender<Option<Arc<TaskSnapshot>>>),
+    Handle(String, oneshot::Sender<Option<ServiceHandle>>),
     Log(String, oneshot::Sender<Option<ServiceLog>>),
     Apply(Box<ServiceInfo>, Option<Arc<Policy>>, Reply<Pending>),
     Remove(String, Reply<Pending>),
@@ -115,6 +117,7 @@ pub fn boot_order(infos: &[ServiceInfo]) -> Vec<Vec<String>> {
 pub struct Supervisor {
     tx: mpsc::Sender<Command>,
     booted: watch::Receiver<bool>,
+    cgroups: bool,
 }
 
 impl Supervisor {
@@ -125,6 +128,7 @@ impl Supervisor {
         settings: Arc<Settings>,
         store: ConfigStore,
         reaper: Reaper,
+        cgroups: Option<Cgroups>,
         shutdown: CancellationToken,
     ) -> Result<(Supervisor, tokio::task::JoinHandle<ShutdownReport>), StoreError> {
         let state_file = settings.state_file();
@@ -137,10 +141,12 @@ impl Supervisor {
         }
         let (tx, rx) = mpsc::channel(64);
         let (booted_tx, booted) = watch::channel(false);
+        let has_cgroups = cgroups.is_some();
         let actor = Actor {
             settings,
             store,
             reaper,
+            cgroups,
             tasks: BTreeMap::new(),
             decisions,
             order: Vec::new(),
@@ -148,7 +154,7 @@ impl Supervisor {
             shutdown,
         };
         let join = tokio::spawn(actor.run(rx, tx.downgrade(), booted_tx));
-        Ok((Supervisor { tx, booted }, join))
+        Ok((Supervisor { tx, booted, cgroups: has_cgroups }, join))
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
@@ -174,6 +180,25 @@ impl Supervisor {
 
     pub async fn get(&self, name: &str) -> Option<Arc<TaskSnapshot>> {
         self.ask(|tx| Command::Get(name.to_string(), tx)).await.flatten()
+    }
+
+    /// Like [`get`](Self::get), with the service's processes read from its cgroup at this moment
+    /// (forks since the last event included).
+    pub async fn get_fresh(&self, name: &str) -> Option<Arc<TaskSnapshot>> {
+        let handle = self.ask(|tx| Command::Handle(name.to_string(), tx)).await.flatten()?;
+        if let Ok(done) = handle.enqueue(Control::Refresh) {
+            let _ = done.await;
+        }
+        Some(handle.snapshot())
+    }
+
+    /// How services' processes are owned: `cgroup` (one cgroup v2 per service) or `fallback`.
+    pub fn ownership(&self) -> &'static str {
+        if self.cgroups {
+            "cgroup"
+        } else {
+            "fallback"
+        }
     }
 
     /// The log of a service that has (or had) a task.
@@ -213,6 +238,8 @@ struct Actor {
     settings: Arc<Settings>,
     store: ConfigStore,
     reaper: Reaper,
+    /// One cgroup per service (`None`: the fallback mode, processes found by path and pid).
+    cgroups: Option<Cgroups>,
     tasks: BTreeMap<String, ServiceHandle>,
     decisions: Decisions,
     /// The boot order of services.json, computed at start and at each reload.
@@ -236,8 +263,10 @@ impl Actor {
             }
         }
         self.order = boot_order(&infos);
+        self.reclaim();
         let boot_cancel = self.shutdown.child_token();
-        let boot = tokio::spawn(boot(me, self.settings.group_start_timeout, boot_cancel.clone(), booted));
+        let scan = self.cgroups.is_none();
+        let boot = tokio::spawn(boot(me, self.settings.group_start_timeout, scan, boot_cancel.clone(), booted));
         let watchdog = crate::notify::watchdog_interval();
         let mut tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         loop {
@@ -263,9 +292,54 @@ impl Actor {
         self.stop_all().await
     }
 
+    /// What a previous air-nanny left running that no service owns now: the cgroup of a service
+    /// no longer configured (deleted, then air-nanny crashed), or of a service the operator had
+    /// stopped. Stopped and reported, never left running invisibly; empty ones are removed.
+    fn reclaim(&mut self) {
+        let Some(cgroups) = self.cgroups.clone() else { return };
+        for name in cgroups.hierarchy.existing() {
+            let owner = self.tasks.get(&name);
+            if let Some(h) = owner {
+                if self.decisions.stopped.contains(&name) && h.members_at_start() {
+                    tracing::warn!(service = %name, "processes of a service the operator stopped are running (left by a previous air-nanny): stopping them");
+                    let h = h.clone();
+                    self.detached.spawn(async move {
+                        let _ = h.send(Control::Stop).await;
+                    });
+                }
+                continue;
+            }
+            let cg = cgroups.hierarchy.service(&name);
+            let members = cg.procs().unwrap_or_default();
+            if members.is_empty() {
+                let _ = cg.remove();
+                continue;
+            }
+            tracing::warn!(
+                cgroup = %cg.dir().display(), pids = ?members,
+                "processes of a service that is no longer configured or supervised are running (left by a previous air-nanny): stopping them"
+            );
+            let (grace, monitor) = (self.settings.stop_timeout, cgroups.monitor.clone());
+            self.detached.spawn(async move {
+                let mut events = monitor.watch(&cg).ok();
+                cg.signal(nix::sys::signal::Signal::SIGTERM);
+                if !cg.wait_empty(events.as_mut(), tokio::time::Instant::now() + grace).await {
+                    let _ = cg.kill();
+                    cg.wait_empty(events.as_mut(), tokio::time::Instant::now() + Duration::from_secs(5)).await;
+                }
+                match cg.remove() {
+                    Ok(()) => {
+                        tracing::warn!(cgroup = %cg.dir().display(), "stopped what a removed service had left running")
+                    }
+                    Err(e) => tracing::error!(cgroup = %cg.dir().display(), "cannot remove the cgroup: {e}"),
+                }
+            });
+        }
+    }
+
     fn add_task(&mut self, info: ServiceInfo) -> ServiceHandle {
         let name = info.name.clone();
-        let handle = service::spawn(info, self.settings.clone(), self.reaper.clone());
+        let handle = service::spawn(info, self.settings.clone(), self.reaper.clone(), self.cgroups.as_ref());
         self.tasks.insert(name, handle.clone());
         handle
     }
@@ -320,6 +394,9 @@ impl Actor {
             }
             Command::Get(name, reply) => {
                 let _ = reply.send(self.tasks.get(&name).map(ServiceHandle::snapshot));
+            }
+            Command::Handle(name, reply) => {
+                let _ = reply.send(self.tasks.get(&name).cloned());
             }
             Command::Log(name, reply) => {
                 let log = match self.tasks.get(&name) {
@@ -507,7 +584,10 @@ impl Actor {
     /// One pass over /proc serves every service that has to look for its program.
     async fn stop_all(mut self) -> ShutdownReport {
         tracing::info!("stopping all services in reverse order");
-        let table = Arc::new(tokio::task::spawn_blocking(ProcTable::scan).await.unwrap_or_default());
+        let table = match self.cgroups {
+            Some(_) => Arc::new(ProcTable::default()),
+            None => Arc::new(tokio::task::spawn_blocking(ProcTable::scan).await.unwrap_or_default()),
+        };
         let infos: Vec<ServiceInfo> = self.tasks.values().map(|h| (*h.snapshot().info).clone()).collect();
         let mut faults = Vec::new();
         for group in boot_order(&infos).into_iter().rev() {
@@ -538,6 +618,7 @@ impl Actor {
 async fn boot(
     actor: mpsc::WeakSender<Command>,
     group_timeout: Duration,
+    scan: bool,
     cancel: CancellationToken,
     booted: watch::Sender<bool>,
 ) {
@@ -545,8 +626,12 @@ async fn boot(
         if cancel.is_cancelled() {
             return;
         }
-        // One pass over /proc finds the programs to adopt for the whole group.
-        let table = Arc::new(tokio::task::spawn_blocking(ProcTable::scan).await.unwrap_or_default());
+        // One pass over /proc finds the programs to adopt for the whole group (with cgroups, each
+        // service reads its own: no scan).
+        let table = match scan {
+            true => Arc::new(tokio::task::spawn_blocking(ProcTable::scan).await.unwrap_or_default()),
+            false => Arc::new(ProcTable::default()),
+        };
         let Some(tx) = actor.upgrade() else { return };
         let (reply, rx) = oneshot::channel();
         if tx.send(Command::BootGroup(n, table, reply)).await.is_err() {

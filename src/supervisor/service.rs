@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::machine::{Action, Answer, CheckPlan, Input, Level, Limits, Lookup, Machine, StartOutcome};
 use super::state::{State, TaskSnapshot};
 use crate::allow::Policy;
+use crate::cgroup::{self, ServiceCgroup};
 use crate::config::{Probe, Resolved, ServiceInfo, Settings};
 use crate::health;
 use crate::logfile::ServiceLog;
@@ -47,6 +48,8 @@ pub enum Control {
     /// Use this configuration from the next start on; a stopped service stays stopped (a running
     /// one is restarted with it, as with `Apply`).
     Update(Box<ServiceInfo>),
+    /// Read the service's membership now (its cgroup), so that `Pids` includes the latest forks.
+    Refresh,
 }
 
 /// How a request ended well.
@@ -101,6 +104,7 @@ pub struct ServiceHandle {
     tx: mpsc::Sender<Msg>,
     snapshot: watch::Receiver<Arc<TaskSnapshot>>,
     log: ServiceLog,
+    populated_at_start: bool,
 }
 
 impl ServiceHandle {
@@ -135,11 +139,50 @@ impl ServiceHandle {
     pub fn log(&self) -> &ServiceLog {
         &self.log
     }
+
+    /// Whether the service's cgroup held processes when its task started.
+    pub fn members_at_start(&self) -> bool {
+        self.populated_at_start
+    }
+}
+
+/// A service's own cgroup and the events of its `cgroup.events`: every process of the service is
+/// born in it, so its membership is exactly what the service runs.
+#[derive(Clone)]
+struct Owned {
+    cg: ServiceCgroup,
+    events: watch::Receiver<u64>,
+}
+
+impl Owned {
+    fn new(cgroups: &cgroup::Cgroups, name: &str) -> std::io::Result<Owned> {
+        let cg = cgroups.hierarchy.service(name);
+        cg.create()?;
+        let events = cgroups.monitor.watch(&cg)?;
+        Ok(Owned { cg, events })
+    }
+
+    fn members(&self) -> Vec<i32> {
+        self.cg.procs().unwrap_or_default()
+    }
 }
 
 /// Starts the task for `info`, initially stopped. It ends when every handle is dropped and its
-/// program is stopped.
-pub fn spawn(info: ServiceInfo, settings: Arc<Settings>, reaper: Reaper) -> ServiceHandle {
+/// program is stopped. With `cgroups`, the service gets its own cgroup (else, or when that cannot
+/// be made, its processes are found by path and pid: the fallback mode).
+pub fn spawn(
+    info: ServiceInfo,
+    settings: Arc<Settings>,
+    reaper: Reaper,
+    cgroups: Option<&cgroup::Cgroups>,
+) -> ServiceHandle {
+    let owned = cgroups.and_then(|c| match Owned::new(c, &info.name) {
+        Ok(o) => Some(o),
+        Err(e) => {
+            tracing::error!(service = %info.name, "cannot make the service's cgroup ({e}); its processes are found by path instead");
+            None
+        }
+    });
     let log = ServiceLog::open(&settings.log_dir, &info.name, settings.log_max_bytes, settings.log_max_files);
     let (tx, inbox) = mpsc::channel(QUEUE);
     let info = Arc::new(info);
@@ -157,6 +200,7 @@ pub fn spawn(info: ServiceInfo, settings: Arc<Settings>, reaper: Reaper) -> Serv
         policy: None,
         paths: None,
         run_cfg: None,
+        owned,
         child: None,
         start_token: None,
         run_token: None,
@@ -166,8 +210,9 @@ pub fn spawn(info: ServiceInfo, settings: Arc<Settings>, reaper: Reaper) -> Serv
         inbox,
         snapshot_tx,
     };
+    let populated_at_start = task.owned.as_ref().is_some_and(|o| !o.members().is_empty());
     tokio::spawn(task.run());
-    ServiceHandle { tx, snapshot, log }
+    ServiceHandle { tx, snapshot, log, populated_at_start }
 }
 
 /// The machine's view of a configuration.
@@ -206,6 +251,7 @@ struct Ctx {
     log: ServiceLog,
     info: Arc<ServiceInfo>,
     paths: Option<Arc<Resolved>>,
+    owned: Option<Owned>,
 }
 
 struct ServiceTask {
@@ -222,6 +268,8 @@ struct ServiceTask {
     paths: Option<Arc<Resolved>>,
     /// What the current (or last) run was started with.
     run_cfg: Option<RunCfg>,
+    /// The service's cgroup, when it has one.
+    owned: Option<Owned>,
     /// A direct-mode child's exit, from its start until it is watched.
     child: Option<(i32, oneshot::Receiver<Exit>)>,
     start_token: Option<CancellationToken>,
@@ -253,6 +301,12 @@ impl ServiceTask {
         }
         if let Some(t) = self.run_token.take() {
             t.cancel();
+        }
+        // Removed (or shut down): an empty cgroup is not left behind.
+        if let Some(o) = &self.owned {
+            if o.members().is_empty() {
+                let _ = o.cg.remove();
+            }
         }
     }
 
@@ -314,6 +368,13 @@ impl ServiceTask {
                 self.start_waiters.push(reply);
                 Input::Configure { changed, start: false }
             }
+            Control::Refresh => {
+                let _ = reply.send(Ok(Done::default()));
+                match (&self.owned, self.machine.run_gen()) {
+                    (Some(o), Some(gen)) => Input::Members { gen, pids: o.members() },
+                    _ => return,
+                }
+            }
         };
         self.feed(input);
     }
@@ -350,11 +411,21 @@ impl ServiceTask {
             Action::Stop { gen, pids, lookup } => self.stop(gen, pids, lookup),
             Action::Watch { gen, pids } => self.watch(gen, &pids),
             Action::Relook { gen } => {
-                let pids = process::find_program(&self.program_path());
+                let pids = match &self.owned {
+                    Some(o) => o.members(),
+                    None => process::find_program(&self.program_path()),
+                };
                 return Some(Input::Found { gen, pids });
             }
             Action::Probe { gen } => return self.probe(gen),
-            Action::KillGroup { pid } => process::signal_group(pid, Signal::SIGKILL),
+            Action::KillGroup { pid } => {
+                process::signal_group(pid, Signal::SIGKILL);
+                if let Some(o) = &self.owned {
+                    if let Err(e) = o.cg.kill() {
+                        tracing::warn!(service = %self.info.name, "cgroup.kill: {e}");
+                    }
+                }
+            }
             Action::Answer(Answer::Start(r)) => {
                 for w in self.start_waiters.drain(..) {
                     let _ = w.send(r.clone().map(|()| Done::default()).map_err(ControlError::Failed));
@@ -437,7 +508,14 @@ impl ServiceTask {
             Some(r) => (r.info.clone(), Some(r.paths.clone())),
             None => (self.info.clone(), self.paths.clone()),
         };
-        Ctx { settings: self.settings.clone(), reaper: self.reaper.clone(), log: self.log.clone(), info, paths }
+        Ctx {
+            settings: self.settings.clone(),
+            reaper: self.reaper.clone(),
+            log: self.log.clone(),
+            info,
+            paths,
+            owned: self.owned.clone(),
+        }
     }
 
     /// Starts run `gen`: adopts the program when the lookup finds it, spawns it (direct mode, at
@@ -453,13 +531,20 @@ impl ServiceTask {
         let program = paths.program.as_path();
         // Adopt a program that already runs (started before air-nanny, by a previous air-nanny, or
         // by a start that failed after launching it).
-        let found = match &lookup {
-            Lookup::Scan => process::find_program(program),
-            Lookup::Table(table) => table.find(program).into_iter().filter(|p| process::is_alive(*p)).collect(),
-            Lookup::Absent => Vec::new(),
+        let found = match (&self.owned, &lookup) {
+            (_, Lookup::Absent) => Vec::new(),
+            // Whatever is in the service's cgroup is the service's, and nothing else is.
+            (Some(o), _) => o.members(),
+            (None, Lookup::Scan) => process::find_program(program),
+            (None, Lookup::Table(table)) => table.find(program).into_iter().filter(|p| process::is_alive(*p)).collect(),
         };
         if !found.is_empty() {
-            self.log.note(&format!("adopted running program {} (pids {found:?})", program.display()));
+            match &self.owned {
+                Some(o) => {
+                    self.log.note(&format!("adopted the processes in {} (pids {found:?})", o.cg.dir().display()))
+                }
+                None => self.log.note(&format!("adopted running program {} (pids {found:?})", program.display())),
+            }
             tracing::info!(service = %self.info.name, pids = ?found, "adopted running program");
             return Some(Input::Started { gen, outcome: StartOutcome::Running { pids: found, adopted: true } });
         }
@@ -507,6 +592,30 @@ impl ServiceTask {
 
     fn watch(&mut self, gen: u64, pids: &[i32]) {
         let token = self.run_token.get_or_insert_with(CancellationToken::new).clone();
+        if let Some(o) = self.owned.clone() {
+            // The program's death is its cgroup emptying. A direct-mode child's own exit (with
+            // its status) comes from the reaper and ends the run first.
+            let child = self.child.take();
+            let report_empty = child.is_none();
+            if let Some((child, exit)) = child {
+                let (tx, token) = (self.events.clone(), token.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        e = exit => tx.send(Input::Gone { gen, pid: child, exit: e.ok().map(|e| e.to_string()) }).await,
+                        _ = token.cancelled() => {}
+                    }
+                });
+            }
+            let (tx, reaper) = (self.events.clone(), self.reaper.clone());
+            let first = pids.to_vec();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = watch_cgroup(o, reaper, gen, first, report_empty, &tx) => {}
+                    _ = token.cancelled() => {}
+                }
+            });
+            return;
+        }
         for &pid in pids {
             let (tx, token) = (self.events.clone(), token.clone());
             match self.child.take() {
@@ -539,7 +648,10 @@ impl ServiceTask {
         };
         let probe = run.info.health_check.probe();
         if probe == Probe::ProcessAlive {
-            let alive = self.machine.pids().iter().any(|p| process::is_alive(*p));
+            let alive = match &self.owned {
+                Some(o) => !o.members().is_empty(),
+                None => self.machine.pids().iter().any(|p| process::is_alive(*p)),
+            };
             let result = if alive { Ok(()) } else { Err("no live process of the program".into()) };
             return Some(Input::Checked { gen, result });
         }
@@ -558,19 +670,57 @@ impl ServiceTask {
     }
 }
 
+/// Watches run `gen` in its cgroup: reports its membership when it changes and, when the cgroup
+/// is empty, `Emptied` with the exit of the process that died last (air-nanny, as subreaper, reaps
+/// every process of the service whose parent has gone before it: the last one always).
+/// With `report_empty` false (a direct-mode child, whose own exit ends the run) it only reports
+/// the membership.
+async fn watch_cgroup(o: Owned, reaper: Reaper, gen: u64, first: Vec<i32>, report_empty: bool, tx: &Events) {
+    let Owned { cg, mut events } = o;
+    let mut claims: Vec<oneshot::Receiver<crate::reaper::Reaped>> = Vec::new();
+    let mut claimed: Vec<i32> = Vec::new();
+    let mut known = first;
+    loop {
+        events.borrow_and_update();
+        let pids = cg.procs().unwrap_or_default();
+        for &p in pids.iter().chain(known.iter()) {
+            if !claimed.contains(&p) {
+                claimed.push(p);
+                claims.extend(reaper.claim(p));
+            }
+        }
+        if pids.is_empty() {
+            break;
+        }
+        if pids != known {
+            known.clone_from(&pids);
+            tx.send(Input::Members { gen, pids }).await;
+        }
+        if events.changed().await.is_err() {
+            // The watch has gone (the cgroup was removed under us): look now and then.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    if !report_empty {
+        return;
+    }
+    // The kernel marks the cgroup empty a moment before the parent is told: give the reaper that
+    // moment. Claims of processes that other members reaped never answer.
+    let all = futures_util::future::join_all(claims);
+    let reaped = tokio::time::timeout(Duration::from_millis(500), all).await.unwrap_or_default();
+    let last = reaped.into_iter().flatten().max_by_key(|r| r.seq);
+    tx.send(Input::Emptied { gen, exit: last.map(|r| r.exit.to_string()) }).await;
+}
+
 fn start_direct(ctx: &Ctx, paths: &Resolved) -> Result<crate::reaper::Spawned, String> {
     let s = &ctx.info.script;
     let program = paths.program.as_path();
     let mut cmd = Command::new(program);
     cmd.args(&s.args).envs(&s.env).env("AIR_NANNY_SERVICE", &ctx.info.name);
     cmd.current_dir(&paths.work_dir);
-    if let Some(user) = &s.user {
-        use std::os::unix::process::CommandExt;
-        let (uid, gid) = process::lookup_user(user)?;
-        cmd.uid(uid).gid(gid);
-    }
+    let user = s.user.as_deref().map(process::lookup_user).transpose()?;
     ctx.log.note(&format!("start: {} {}", program.display(), s.args.join(" ")));
-    spawn_logged(ctx, cmd).map_err(|e| spawn_error("script.programFilePath", program, &paths.work_dir, e))
+    spawn_logged(ctx, cmd, user).map_err(|e| spawn_error("script.programFilePath", program, &paths.work_dir, e))
 }
 
 /// Script mode: runs the start command, then waits for the program to appear. Cancelled (a stop,
@@ -593,7 +743,11 @@ async fn start_script(ctx: &Ctx, paths: &Resolved, token: &CancellationToken) ->
         _ = token.cancelled() => {
             process::signal_group(script_pid, Signal::SIGKILL);
             ctx.log.note(&format!("{} {command}: cancelled", script.display()));
-            return StartOutcome::Cancelled { pids: process::find_program(program) };
+            let pids = match &ctx.owned {
+                Some(o) => o.members(),
+                None => process::find_program(program),
+            };
+            return StartOutcome::Cancelled { pids };
         }
     };
     let exit = match exit {
@@ -602,11 +756,22 @@ async fn start_script(ctx: &Ctx, paths: &Resolved, token: &CancellationToken) ->
     };
     ctx.log.note(&format!("{} {command}: {exit}", script.display()));
     if !exit.success() {
-        // A failed start leaves nothing behind in its process group (a program it launched before
-        // failing would otherwise run beside the one the retry starts). What escaped the group is
-        // found by the retry's look-up and adopted.
+        // A failed start leaves nothing behind (a program it launched before failing would
+        // otherwise run beside the one the retry starts): with a cgroup, nothing at all; without,
+        // nothing in its process group, and what escaped the group is adopted by the retry.
         process::signal_group(script_pid, Signal::SIGKILL);
-        return StartOutcome::Failed(format!("start command {} {command} failed: {exit}", script.display()));
+        let why = format!("start command {} {command} failed: {exit}", script.display());
+        if let Some(o) = &ctx.owned {
+            let _ = o.cg.kill();
+            let mut events = o.events.clone();
+            if !o.cg.wait_empty(Some(&mut events), Instant::now() + Duration::from_secs(5)).await {
+                return StartOutcome::Failed(format!("{why}; what it started survived cgroup.kill"));
+            }
+        }
+        return StartOutcome::Failed(why);
+    }
+    if let Some(o) = &ctx.owned {
+        return wait_program_in(ctx, o, program, script_pid, token).await;
     }
     // The script has daemonised the program; it usually runs already, under a pid newer than the
     // script's. Wait for it until found or cancelled (the machine's start deadline).
@@ -633,10 +798,41 @@ async fn start_script(ctx: &Ctx, paths: &Resolved, token: &CancellationToken) ->
     }
 }
 
+/// Script mode with a cgroup: everything the start command started was born in the service's
+/// cgroup. The start is done when the program is among its members (their executables are read,
+/// nothing else: no scan of /proc); the cgroup empty means the command started nothing that runs.
+async fn wait_program_in(
+    ctx: &Ctx,
+    o: &Owned,
+    program: &Path,
+    script_pid: i32,
+    token: &CancellationToken,
+) -> StartOutcome {
+    let mut step = Duration::from_millis(1);
+    loop {
+        let members = o.members();
+        if members.is_empty() || !process::program_among(&members, program).is_empty() {
+            tracing::info!(service = %ctx.info.name, pids = ?members, "running");
+            return StartOutcome::Running { pids: members, adopted: false };
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(step) => {}
+            _ = token.cancelled() => {
+                process::signal_group(script_pid, Signal::SIGKILL);
+                return StartOutcome::Cancelled { pids: o.members() };
+            }
+        }
+        step = (step * 2).min(Duration::from_millis(100));
+    }
+}
+
 /// Stops the program: stop command (script mode) or stop signal (direct mode), bounded by the stop
 /// timeout; then SIGTERM and SIGKILL by process group for whatever is left. Returns the fault when
 /// force was needed or the stop command failed.
 async fn stop(ctx: &Ctx, mut pids: Vec<i32>, lookup: Lookup) -> Option<String> {
+    if let Some(o) = &ctx.owned {
+        return stop_owned(ctx, o).await;
+    }
     let info = &ctx.info;
     let program = match &ctx.paths {
         Some(p) => p.program.clone(),
@@ -709,6 +905,69 @@ async fn stop(ctx: &Ctx, mut pids: Vec<i32>, lookup: Lookup) -> Option<String> {
     fault
 }
 
+/// Stops what runs in the service's cgroup: the stop command (script mode, itself in the cgroup)
+/// or the stop signal to every member (direct mode); what is left at the stop timeout gets the
+/// stop signal (script mode) and then `cgroup.kill`. Done when the cgroup is empty: nothing of the
+/// service is left, however it forked or detached, and nothing else was touched.
+async fn stop_owned(ctx: &Ctx, o: &Owned) -> Option<String> {
+    let members = o.members();
+    if members.is_empty() {
+        return None;
+    }
+    let info = &ctx.info;
+    let mut events = o.events.clone();
+    let script = ctx.paths.as_ref().filter(|p| p.script.is_some());
+    if script.is_some_and(|p| process::program_among(&members, &p.program).is_empty()) {
+        // Only what a cancelled start left (its command, a launcher): the program is not there,
+        // so there is nothing for the stop command to stop.
+        let _ = o.cg.kill();
+        if !o.cg.wait_empty(Some(&mut events), Instant::now() + Duration::from_secs(5)).await {
+            return Some(format!("processes {:?} survived cgroup.kill", o.members()));
+        }
+        return None;
+    }
+    let timeout = ctx.settings.stop_timeout_of(info);
+    let deadline = Instant::now() + timeout;
+    let sig = info.script.stop_signal.as_deref().and_then(process::parse_signal).unwrap_or(Signal::SIGTERM);
+    let mut fault: Option<String> = None;
+    match script {
+        Some(paths) => {
+            let command = info.script.stop_command.clone();
+            let script = paths.script.as_deref().unwrap_or(Path::new("")).display().to_string();
+            ctx.log.note(&format!("stop: {script} {command}"));
+            match run_script(ctx, paths, &command, deadline).await {
+                Ok(exit) if exit.success() => {}
+                Ok(exit) => fault = Some(format!("stop command {script} {command} failed: {exit}")),
+                Err(e) => fault = Some(e),
+            }
+        }
+        None => {
+            ctx.log.note(&format!("stop: sending {sig}"));
+            o.cg.signal(sig);
+        }
+    }
+    if o.cg.wait_empty(Some(&mut events), deadline).await {
+        return fault;
+    }
+    let why = format!("program still running {}s after stop; killing it", timeout.as_secs());
+    ctx.log.note(&why);
+    fault.get_or_insert(why);
+    if script.is_some() {
+        o.cg.signal(sig);
+        if o.cg.wait_empty(Some(&mut events), Instant::now() + ctx.settings.kill_grace).await {
+            return fault;
+        }
+    }
+    if let Err(e) = o.cg.kill() {
+        ctx.log.note(&format!("cgroup.kill: {e}"));
+    }
+    if !o.cg.wait_empty(Some(&mut events), Instant::now() + Duration::from_secs(5)).await {
+        let left = o.members();
+        ctx.log.note(&format!("processes {left:?} survived cgroup.kill"));
+    }
+    fault
+}
+
 /// Runs the control script with `arg`, output to the service log, killed with its group at
 /// `deadline`. It runs as resolved, in the resolved working directory.
 async fn run_script(ctx: &Ctx, paths: &Resolved, arg: &str, deadline: Instant) -> Result<Exit, String> {
@@ -737,15 +996,42 @@ fn spawn_script(ctx: &Ctx, paths: &Resolved, arg: &str) -> Result<crate::reaper:
         .env("AIR_NANNY_SERVICE", &ctx.info.name)
         .env("AIR_NANNY_PROGRAM", &paths.program)
         .env("AIR_NANNY_ROOTPATH", &ctx.settings.rootpath);
-    spawn_logged(ctx, cmd).map_err(|e| spawn_error("script.execPath", script, &paths.work_dir, e))
+    spawn_logged(ctx, cmd, None).map_err(|e| spawn_error("script.execPath", script, &paths.work_dir, e))
 }
 
-fn spawn_logged(ctx: &Ctx, mut cmd: Command) -> std::io::Result<crate::reaper::Spawned> {
-    let out = ctx.log.pipe()?;
+/// Spawns `cmd` with its output into the service's log, as `user` (uid, gid) when given, and
+/// inside the service's cgroup when it has one.
+///
+/// Placement has no window: the child writes `0` into the cgroup's `cgroup.procs` between fork
+/// and exec, before it can run a line of the program or fork (a move after the spawn would leave
+/// behind whatever the child forked first). The privileges are dropped after that write, which
+/// needs root. The cost: std spawns with fork instead of posix_spawn (vfork) when a child runs
+/// code before exec; `clone3(CLONE_INTO_CGROUP)` would avoid that but std cannot spawn with it.
+fn spawn_logged(ctx: &Ctx, mut cmd: Command, user: Option<(u32, u32)>) -> std::io::Result<crate::reaper::Spawned> {
+    use std::os::unix::process::CommandExt;
+    let out = ctx.log.output()?;
     let err = out.try_clone()?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-    // `cmd` (holding our copies of the pipe's write end) is dropped on return, so the log pump
-    // sees end-of-file once the child and its descendants close it.
+    match (&ctx.owned, user) {
+        (Some(o), user) => {
+            let procs = o.cg.procs_writer()?;
+            // SAFETY: between fork and exec the closure only makes async-signal-safe system calls
+            // (write, setgroups, setgid, setuid) on values it owns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    cgroup::place_self(&procs)?;
+                    if let Some((uid, gid)) = user {
+                        process::drop_privileges(uid, gid)?;
+                    }
+                    Ok(())
+                });
+            }
+        }
+        (None, Some((uid, gid))) => {
+            cmd.uid(uid).gid(gid);
+        }
+        (None, None) => {}
+    }
     ctx.reaper.spawn(&mut cmd)
 }
 
