@@ -25,6 +25,7 @@ pub mod config;
 pub mod ctl;
 pub mod health;
 pub mod http;
+pub mod ledger;
 pub mod logfile;
 pub mod notify;
 pub mod process;

@@ -61,6 +61,40 @@ fn stands_for(pid: i32, mut matches: impl FnMut(&[u8]) -> bool) -> bool {
     matches(exe) || (is_interpreter(exe) && interpreted_script(pid).is_some_and(|s| matches(&s)))
 }
 
+/// The environment variable that marks every process air-nanny starts for a service (and, by
+/// inheritance, what those start): `STATE_DIR:NAME`. In the fallback mode it is how a stop finds
+/// the service's descendants that left its process group (`setsid`) and were reparented.
+pub const OWNER_VAR: &str = "AIR_NANNY_OWNER";
+
+/// Every live process whose environment holds `AIR_NANNY_OWNER=tag` (one pass over /proc; the
+/// fallback mode's stop only).
+pub fn tagged(tag: &str) -> Vec<i32> {
+    let want = format!("{OWNER_VAR}={tag}");
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut pids: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me && pid > 1)
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == want.as_bytes()))
+        })
+        .filter(|&pid| is_alive(pid))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// The `AIR_NANNY_OWNER` tag in process `pid`'s environment, if any.
+pub fn owner_tag(pid: i32) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{OWNER_VAR}=");
+    env.split(|b| *b == 0)
+        .find_map(|v| v.strip_prefix(prefix.as_bytes()))
+        .map(|t| String::from_utf8_lossy(t).into_owned())
+}
+
 /// Every program running on the machine, by path, from one pass over /proc: what boot uses to
 /// adopt the programs of a whole group without scanning once per service.
 #[derive(Debug, Default)]

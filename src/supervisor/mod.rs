@@ -142,10 +142,12 @@ impl Supervisor {
         let (tx, rx) = mpsc::channel(64);
         let (booted_tx, booted) = watch::channel(false);
         let has_cgroups = cgroups.is_some();
+        let ledger = cgroups.is_none().then(|| Arc::new(crate::ledger::Ledger::open(&settings.state_dir)));
         let actor = Actor {
             settings,
             store,
             reaper,
+            ledger,
             cgroups,
             tasks: BTreeMap::new(),
             decisions,
@@ -240,6 +242,8 @@ struct Actor {
     reaper: Reaper,
     /// One cgroup per service (`None`: the fallback mode, processes found by path and pid).
     cgroups: Option<Cgroups>,
+    /// Without cgroups: the record of each service's processes (pid, start time).
+    ledger: Option<Arc<crate::ledger::Ledger>>,
     tasks: BTreeMap<String, ServiceHandle>,
     decisions: Decisions,
     /// The boot order of services.json, computed at start and at each reload.
@@ -339,7 +343,13 @@ impl Actor {
 
     fn add_task(&mut self, info: ServiceInfo) -> ServiceHandle {
         let name = info.name.clone();
-        let handle = service::spawn(info, self.settings.clone(), self.reaper.clone(), self.cgroups.as_ref());
+        let handle = service::spawn(
+            info,
+            self.settings.clone(),
+            self.reaper.clone(),
+            self.cgroups.as_ref(),
+            self.ledger.clone(),
+        );
         self.tasks.insert(name, handle.clone());
         handle
     }

@@ -24,6 +24,7 @@ use crate::allow::Policy;
 use crate::cgroup::{self, ServiceCgroup};
 use crate::config::{Probe, Resolved, ServiceInfo, Settings};
 use crate::health;
+use crate::ledger::Ledger;
 use crate::logfile::ServiceLog;
 use crate::process::{self, ProcTable};
 use crate::reaper::{Exit, Reaper};
@@ -175,6 +176,7 @@ pub fn spawn(
     settings: Arc<Settings>,
     reaper: Reaper,
     cgroups: Option<&cgroup::Cgroups>,
+    ledger: Option<Arc<Ledger>>,
 ) -> ServiceHandle {
     let owned = cgroups.and_then(|c| match Owned::new(c, &info.name) {
         Ok(o) => Some(o),
@@ -183,6 +185,7 @@ pub fn spawn(
             None
         }
     });
+    let ledger = if owned.is_some() { None } else { ledger };
     let log = ServiceLog::open(&settings.log_dir, &info.name, settings.log_max_bytes, settings.log_max_files);
     let (tx, inbox) = mpsc::channel(QUEUE);
     let info = Arc::new(info);
@@ -201,6 +204,7 @@ pub fn spawn(
         paths: None,
         run_cfg: None,
         owned,
+        ledger,
         child: None,
         start_token: None,
         run_token: None,
@@ -252,6 +256,28 @@ struct Ctx {
     info: Arc<ServiceInfo>,
     paths: Option<Arc<Resolved>>,
     owned: Option<Owned>,
+    ledger: Option<Arc<Ledger>>,
+}
+
+impl Ctx {
+    /// Fallback mode: the program's processes by path, never one another service owns.
+    fn find(&self, program: &Path) -> Vec<i32> {
+        self.not_others(process::find_program(program))
+    }
+
+    /// `pids` without the processes another service owns: recorded as its own, or started by
+    /// air-nanny for it (its tag in their environment).
+    fn not_others(&self, pids: Vec<i32>) -> Vec<i32> {
+        let Some(l) = &self.ledger else { return pids };
+        let mine = self.tag();
+        let pids = l.not_others(&self.info.name, pids);
+        pids.into_iter().filter(|&p| process::owner_tag(p).is_none_or(|t| t == mine)).collect()
+    }
+
+    /// The tag of this service's processes (see [`process::OWNER_VAR`]).
+    fn tag(&self) -> String {
+        format!("{}:{}", self.settings.state_dir.display(), self.info.name)
+    }
 }
 
 struct ServiceTask {
@@ -270,6 +296,8 @@ struct ServiceTask {
     run_cfg: Option<RunCfg>,
     /// The service's cgroup, when it has one.
     owned: Option<Owned>,
+    /// Without a cgroup: the record of every service's processes.
+    ledger: Option<Arc<Ledger>>,
     /// A direct-mode child's exit, from its start until it is watched.
     child: Option<(i32, oneshot::Receiver<Exit>)>,
     start_token: Option<CancellationToken>,
@@ -413,7 +441,10 @@ impl ServiceTask {
             Action::Relook { gen } => {
                 let pids = match &self.owned {
                     Some(o) => o.members(),
-                    None => process::find_program(&self.program_path()),
+                    None => {
+                        let program = self.program_path();
+                        self.ctx().find(&program)
+                    }
                 };
                 return Some(Input::Found { gen, pids });
             }
@@ -463,6 +494,9 @@ impl ServiceTask {
         }
         if self.snap.pids != m.pids() {
             self.snap.pids = m.pids().to_vec();
+            if let Some(l) = &self.ledger {
+                l.record(&self.info.name, &self.snap.pids);
+            }
         }
         self.snap.health = m.health();
         self.snap.restarts = m.restarts;
@@ -515,6 +549,7 @@ impl ServiceTask {
             info,
             paths,
             owned: self.owned.clone(),
+            ledger: self.ledger.clone(),
         }
     }
 
@@ -535,8 +570,14 @@ impl ServiceTask {
             (_, Lookup::Absent) => Vec::new(),
             // Whatever is in the service's cgroup is the service's, and nothing else is.
             (Some(o), _) => o.members(),
-            (None, Lookup::Scan) => process::find_program(program),
-            (None, Lookup::Table(table)) => table.find(program).into_iter().filter(|p| process::is_alive(*p)).collect(),
+            // At boot, the record of the previous air-nanny says exactly what is the service's.
+            (None, Lookup::Table(_)) if self.ledger.as_ref().is_some_and(|l| l.recorded(&self.info.name).is_some()) => {
+                self.ledger.as_ref().and_then(|l| l.recorded(&self.info.name)).unwrap_or_default()
+            }
+            (None, Lookup::Scan) => self.ctx().find(program),
+            (None, Lookup::Table(table)) => {
+                self.ctx().not_others(table.find(program).into_iter().filter(|p| process::is_alive(*p)).collect())
+            }
         };
         if !found.is_empty() {
             match &self.owned {
@@ -628,12 +669,20 @@ impl ServiceTask {
                         }
                     });
                 }
-                // Script mode and adopted programs: a pidfd tells us when each process exits.
+                // Script mode and adopted programs: a pidfd tells us when each process exits; the
+                // reaper, its status when it was air-nanny's child (a daemonised program is).
                 other => {
                     self.child = other;
+                    let claim = self.reaper.claim(pid);
                     tokio::spawn(async move {
                         tokio::select! {
-                            _ = process::wait_exit(pid) => tx.send(Input::Gone { gen, pid, exit: None }).await,
+                            _ = process::wait_exit(pid) => {
+                                let exit = match claim {
+                                    Some(rx) => tokio::time::timeout(Duration::from_millis(500), rx).await.ok().and_then(Result::ok),
+                                    None => None,
+                                };
+                                tx.send(Input::Gone { gen, pid, exit: exit.map(|r| r.exit.to_string()) }).await
+                            }
                             _ = token.cancelled() => {}
                         }
                     });
@@ -745,7 +794,7 @@ async fn start_script(ctx: &Ctx, paths: &Resolved, token: &CancellationToken) ->
             ctx.log.note(&format!("{} {command}: cancelled", script.display()));
             let pids = match &ctx.owned {
                 Some(o) => o.members(),
-                None => process::find_program(program),
+                None => ctx.find(program),
             };
             return StartOutcome::Cancelled { pids };
         }
@@ -777,9 +826,9 @@ async fn start_script(ctx: &Ctx, paths: &Resolved, token: &CancellationToken) ->
     // script's. Wait for it until found or cancelled (the machine's start deadline).
     let mut step = Duration::from_millis(2);
     loop {
-        let mut pids = process::find_program_after(program, script_pid);
+        let mut pids = ctx.not_others(process::find_program_after(program, script_pid));
         if pids.is_empty() {
-            pids = process::find_program(program);
+            pids = ctx.find(program);
         }
         if !pids.is_empty() {
             tracing::info!(service = %ctx.info.name, pids = ?pids, "running");
@@ -791,7 +840,7 @@ async fn start_script(ctx: &Ctx, paths: &Resolved, token: &CancellationToken) ->
                 // Whatever the start command left behind in its process group (a launcher still
                 // sleeping, say) belongs to this failed start: it must not start a program later.
                 process::signal_group(script_pid, Signal::SIGKILL);
-                return StartOutcome::Cancelled { pids: process::find_program(program) };
+                return StartOutcome::Cancelled { pids: ctx.find(program) };
             }
         }
         step = (step * 2).min(Duration::from_millis(200));
@@ -839,8 +888,8 @@ async fn stop(ctx: &Ctx, mut pids: Vec<i32>, lookup: Lookup) -> Option<String> {
         None => ctx.settings.program_path(info),
     };
     let found = match &lookup {
-        Lookup::Scan => process::find_program(&program),
-        Lookup::Table(t) => t.find(&program).into_iter().filter(|p| process::is_alive(*p)).collect(),
+        Lookup::Scan => ctx.find(&program),
+        Lookup::Table(t) => ctx.not_others(t.find(&program).into_iter().filter(|p| process::is_alive(*p)).collect()),
         Lookup::Absent => Vec::new(),
     };
     for p in found {
@@ -851,6 +900,9 @@ async fn stop(ctx: &Ctx, mut pids: Vec<i32>, lookup: Lookup) -> Option<String> {
     if pids.is_empty() {
         return None;
     }
+    // Descendants that left the process group (setsid) and were reparented: found by the tag
+    // every process of the service inherits, and stopped after the program.
+    let mut extras: Vec<i32> = process::tagged(&ctx.tag()).into_iter().filter(|p| !pids.contains(p)).collect();
     let groups: Vec<i32> = pids.iter().filter_map(|p| process::pgid_of(*p)).collect();
     let timeout = ctx.settings.stop_timeout_of(info);
     let deadline = Instant::now() + timeout;
@@ -877,7 +929,7 @@ async fn stop(ctx: &Ctx, mut pids: Vec<i32>, lookup: Lookup) -> Option<String> {
     // A daemonised program may live on under another pid (a re-exec, a fork); a direct-mode child
     // is the program itself, and its process group is killed below.
     if !info.is_direct() {
-        for p in process::find_program(&program) {
+        for p in ctx.find(&program) {
             if !left.contains(&p) {
                 left.push(p);
             }
@@ -888,7 +940,7 @@ async fn stop(ctx: &Ctx, mut pids: Vec<i32>, lookup: Lookup) -> Option<String> {
         let why = format!("program still running {}s after stop; killing it", timeout.as_secs());
         ctx.log.note(&why);
         fault.get_or_insert(why);
-        if !info.is_direct() {
+        if !info.is_direct() || left.len() > 1 {
             process::signal_all(&left, Signal::SIGTERM);
             if !process::wait_all_exit(&left, Instant::now() + ctx.settings.kill_grace).await {
                 process::signal_all(&left, Signal::SIGKILL);
@@ -898,9 +950,24 @@ async fn stop(ctx: &Ctx, mut pids: Vec<i32>, lookup: Lookup) -> Option<String> {
         }
         process::wait_all_exit(&left, Instant::now() + Duration::from_secs(5)).await;
     }
-    // Nothing of the service may outlive its stop: helpers left in its process groups too.
+    // Nothing of the service may outlive its stop: helpers left in its process groups too, and
+    // its detached descendants (the stop signal, then SIGKILL).
     for g in groups {
         process::signal_group(g, Signal::SIGKILL);
+    }
+    for p in process::tagged(&ctx.tag()) {
+        if !extras.contains(&p) {
+            extras.push(p);
+        }
+    }
+    if !extras.is_empty() {
+        let sig = info.script.stop_signal.as_deref().and_then(process::parse_signal).unwrap_or(Signal::SIGTERM);
+        ctx.log.note(&format!("stop: sending {sig} to detached processes {extras:?}"));
+        process::signal_all(&extras, sig);
+        if !process::wait_all_exit(&extras, Instant::now() + ctx.settings.kill_grace).await {
+            process::signal_all(&extras, Signal::SIGKILL);
+            process::wait_all_exit(&extras, Instant::now() + Duration::from_secs(5)).await;
+        }
     }
     fault
 }
@@ -930,8 +997,12 @@ async fn stop_owned(ctx: &Ctx, o: &Owned) -> Option<String> {
     let deadline = Instant::now() + timeout;
     let sig = info.script.stop_signal.as_deref().and_then(process::parse_signal).unwrap_or(Signal::SIGTERM);
     let mut fault: Option<String> = None;
+    let why = format!("program still running {}s after stop; killing it", timeout.as_secs());
     match script {
         Some(paths) => {
+            // The stop command stops the program; then whatever else the service left (helpers,
+            // detached daemons) gets the stop signal, and what resists, cgroup.kill.
+            let program = process::program_among(&members, &paths.program);
             let command = info.script.stop_command.clone();
             let script = paths.script.as_deref().unwrap_or(Path::new("")).display().to_string();
             ctx.log.note(&format!("stop: {script} {command}"));
@@ -940,22 +1011,29 @@ async fn stop_owned(ctx: &Ctx, o: &Owned) -> Option<String> {
                 Ok(exit) => fault = Some(format!("stop command {script} {command} failed: {exit}")),
                 Err(e) => fault = Some(e),
             }
+            if !process::wait_all_exit(&program, deadline).await {
+                ctx.log.note(&why);
+                fault.get_or_insert(why.clone());
+            }
+            if !o.members().is_empty() {
+                let n = o.cg.signal(sig);
+                if n > 0 {
+                    ctx.log.note(&format!("stop: sending {sig} to the {n} processes left"));
+                }
+            }
+            let grace = deadline.max(Instant::now() + ctx.settings.kill_grace);
+            if o.cg.wait_empty(Some(&mut events), grace).await {
+                return fault;
+            }
         }
         None => {
             ctx.log.note(&format!("stop: sending {sig}"));
             o.cg.signal(sig);
-        }
-    }
-    if o.cg.wait_empty(Some(&mut events), deadline).await {
-        return fault;
-    }
-    let why = format!("program still running {}s after stop; killing it", timeout.as_secs());
-    ctx.log.note(&why);
-    fault.get_or_insert(why);
-    if script.is_some() {
-        o.cg.signal(sig);
-        if o.cg.wait_empty(Some(&mut events), Instant::now() + ctx.settings.kill_grace).await {
-            return fault;
+            if o.cg.wait_empty(Some(&mut events), deadline).await {
+                return fault;
+            }
+            ctx.log.note(&why);
+            fault.get_or_insert(why);
         }
     }
     if let Err(e) = o.cg.kill() {
@@ -964,8 +1042,9 @@ async fn stop_owned(ctx: &Ctx, o: &Owned) -> Option<String> {
     if !o.cg.wait_empty(Some(&mut events), Instant::now() + Duration::from_secs(5)).await {
         let left = o.members();
         ctx.log.note(&format!("processes {left:?} survived cgroup.kill"));
+        fault.get_or_insert(format!("processes {left:?} survived cgroup.kill"));
     }
-    fault
+    fault.or_else(|| Some("processes were left after the stop and were killed".into()))
 }
 
 /// Runs the control script with `arg`, output to the service log, killed with its group at
@@ -1011,7 +1090,7 @@ fn spawn_logged(ctx: &Ctx, mut cmd: Command, user: Option<(u32, u32)>) -> std::i
     use std::os::unix::process::CommandExt;
     let out = ctx.log.output()?;
     let err = out.try_clone()?;
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err).env(process::OWNER_VAR, ctx.tag());
     match (&ctx.owned, user) {
         (Some(o), user) => {
             let procs = o.cg.procs_writer()?;

@@ -8,6 +8,7 @@ mod api;
 mod check;
 mod engine;
 mod limits;
+mod ownership;
 mod security;
 mod supervision;
 mod tls;

@@ -1,0 +1,229 @@
+//! Owning every process (issue: one cgroup per service): services sharing a binary, programs that
+//! fork and daemonise, survival of air-nanny's death, exit reasons. Each test runs in cgroup mode
+//! where cgroup v2 is writable here (saying loudly when it is not) and always in the fallback mode
+//! (`CGROUPS: off`).
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::{alive, cgroups_here, kill9, wait_until, Fixture};
+
+/// The modes to run a test in: config.yaml lines.
+fn modes(test: &str) -> Vec<&'static str> {
+    let mut m = vec!["CGROUPS: off\n"];
+    if cgroups_here(test) {
+        m.insert(0, "CGROUPS: required\n");
+    }
+    m
+}
+
+fn pids(v: &serde_json::Value) -> Vec<i32> {
+    v["Pids"].as_array().unwrap().iter().filter_map(|p| p.as_i64()).map(|p| p as i32).collect()
+}
+
+#[test]
+fn services_sharing_one_binary_each_own_their_process() {
+    for mode in modes("shared binary") {
+        let f = Fixture::with_config(mode);
+        let bridge = f.program("bridge");
+        let mut services = Vec::new();
+        for (name, beat) in [("echo", "1"), ("echo2", "2")] {
+            let mut s = f.direct_service(name, 0, &["--heartbeat", beat]);
+            s["script"]["programFilePath"] = json!(bridge);
+            services.push(s);
+        }
+        for (name, beat) in [("s1", "1"), ("s2", "2")] {
+            let mut s = f.script_service(name, 1, false, &format!("--heartbeat {beat}"));
+            s["script"]["programFilePath"] = json!(bridge);
+            services.push(s);
+        }
+        f.write_services(&json!(services));
+        let mut n = f.start();
+        let mut owned = Vec::new();
+        for name in ["echo", "echo2", "s1", "s2"] {
+            let p = n.wait_running(name);
+            assert_eq!(p.len(), 1, "{mode}{name}: {p:?}");
+            owned.push(p[0] as i32);
+        }
+        let mut distinct = owned.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 4, "{mode}each service has its own process: {owned:?}");
+        assert_eq!(f.pids_of("bridge").len(), 4, "{mode}four instances of the shared binary");
+
+        // Stopping one never touches the other; neither does deleting one.
+        n.ok("POST", "/task/stop?name=echo2", None);
+        n.ok("DELETE", "/task/del?name=s2", None);
+        wait_until("echo2 and s2 gone", Duration::from_secs(10), || {
+            (!alive(owned[1] as i64) && !alive(owned[3] as i64)).then_some(())
+        });
+        assert!(alive(owned[0] as i64) && alive(owned[2] as i64), "{mode}echo and s1 untouched");
+        assert_eq!(pids(&n.task("echo")), vec![owned[0]]);
+        assert_eq!(pids(&n.task("s1")), vec![owned[2]]);
+
+        // After a crash of air-nanny, each adopts exactly its own again; a start of echo2 starts
+        // its own process instead of taking echo's.
+        n.kill9();
+        let n = f.start();
+        assert_eq!(n.wait_running("echo"), vec![owned[0] as i64], "{mode}echo adopted its own");
+        assert_eq!(n.wait_running("s1"), vec![owned[2] as i64], "{mode}s1 adopted its own");
+        n.ok("POST", "/task/start?name=echo2", None);
+        let p2 = n.wait_running("echo2");
+        assert!(!p2.contains(&(owned[0] as i64)) && !p2.contains(&(owned[2] as i64)), "{mode}{p2:?}");
+        assert_eq!(f.pids_of("bridge").len(), 3, "{mode}");
+    }
+}
+
+/// The family of processes one service runs: the program, two workers (forks of the same binary)
+/// and a daemon started the classic way (fork, setsid, fork, exec of another binary).
+fn family(f: &Fixture, name: &str, script: bool) -> serde_json::Value {
+    let other = f.program("detached");
+    let daemon = f.root().join(other.trim_start_matches('/')).display().to_string();
+    if script {
+        f.script_service(name, 0, false, &format!("--workers 2 --daemon {daemon}"))
+    } else {
+        f.direct_service(name, 0, &["--workers", "2", "--daemon", &daemon])
+    }
+}
+
+#[test]
+fn every_process_of_a_service_is_in_pids_and_none_outlives_fifty_stops() {
+    for mode in modes("fork and setsid") {
+        let f = Fixture::with_config(mode);
+        f.write_services(&json!([family(&f, "fam", false), family(&f, "sfam", true)]));
+        let cgroups = mode.contains("required");
+        for cycle in 0..50 {
+            let mut n = f.start();
+            for name in ["fam", "sfam"] {
+                // The program, its two workers and the detached daemon, all running.
+                wait_until(
+                    &format!("{mode}cycle {cycle}: {name} with all its processes"),
+                    Duration::from_secs(20),
+                    || (n.task(name)["State"] == 2 && f.pids_of(name).len() == 3).then_some(()),
+                );
+                if cycle == 0 && cgroups {
+                    // Pids are exactly the cgroup's members: program, workers and daemon.
+                    wait_until(&format!("{name}: Pids are its cgroup's members"), Duration::from_secs(10), || {
+                        let mut members = f.cgroup_members(name);
+                        members.sort_unstable();
+                        let p = pids(&n.task(name));
+                        (p.len() == 4 && p == members).then_some(())
+                    });
+                }
+            }
+            wait_until(&format!("{mode}cycle {cycle}: both daemons"), Duration::from_secs(20), || {
+                (f.pids_of("detached").len() == 2).then_some(())
+            });
+            assert_eq!(n.terminate().code(), Some(0), "{mode}cycle {cycle}: a clean stop");
+            let left: Vec<i32> = ["fam", "sfam", "detached"].iter().flat_map(|p| f.pids_of(p)).collect();
+            assert!(left.is_empty(), "{mode}cycle {cycle}: processes left after the stop: {left:?}");
+            if cgroups {
+                assert!(f.cgroup_members("fam").is_empty() && f.cgroup_members("sfam").is_empty());
+            }
+        }
+    }
+}
+
+#[test]
+fn a_chatty_program_survives_the_death_of_air_nanny_and_keeps_logging() {
+    for mode in modes("chatty program") {
+        let f = Fixture::with_config(mode);
+        f.write_services(&json!([
+            f.direct_service("chatty", 0, &["--heartbeat-ms", "10"]),
+            f.script_service("schatty", 0, false, "--heartbeat-ms 10"),
+        ]));
+        let mut n = f.start();
+        let before: Vec<i64> = ["chatty", "schatty"].iter().map(|s| n.wait_running(s)[0]).collect();
+        n.kill9();
+        // Output goes on while no air-nanny runs: the log grows with new heartbeats.
+        for name in ["chatty", "schatty"] {
+            let size = f.log(name).len();
+            wait_until(&format!("{mode}{name} logging without air-nanny"), Duration::from_secs(10), || {
+                (f.log(name).len() > size + 200).then_some(())
+            });
+        }
+        let n = f.start();
+        for (name, pid) in ["chatty", "schatty"].iter().zip(&before) {
+            assert_eq!(n.wait_running(name), vec![*pid], "{mode}{name}: the same process, adopted");
+            assert!(alive(*pid));
+            let size = f.log(name).len();
+            wait_until(&format!("{mode}{name} logging after the restart"), Duration::from_secs(10), || {
+                (f.log(name).len() > size + 200).then_some(())
+            });
+            let last = f.log(name).lines().last().unwrap_or_default().to_string();
+            assert!(last.contains("heartbeat"), "{mode}{name}: {last}");
+        }
+    }
+}
+
+#[test]
+fn a_start_script_that_starts_the_program_and_fails_never_leaves_two() {
+    for mode in modes("failing start script") {
+        let f = Fixture::with_config(mode);
+        let mut svc = f.script_service("twice", 0, false, "");
+        // The program detaches from the script's process group (setsid), then the script fails.
+        svc["script"]["execPath"] =
+            json!(f.script_with("twice", "setsid \"$AIR_NANNY_PROGRAM\" </dev/null & exit 1", "exit 0"));
+        f.write_services(&json!([svc]));
+        let n = f.start();
+        // Fifty tries: the operator's starts (each runs the script at once, whatever the backoff)
+        // besides the engine's own retries.
+        for i in 0..50 {
+            let (status, v) = n.call("POST", "/task/start?name=twice", None);
+            assert_ne!(status, 0, "{v}");
+            let running = f.pids_of("twice");
+            assert!(running.len() <= 1, "{mode}try {i}: {} instances: {running:?}", running.len());
+        }
+        let faults = n.task("twice")["StartFaultNum"].as_u64().unwrap();
+        if mode.contains("required") {
+            // Each failed start's cgroup is emptied: every try is a real start that fails.
+            assert!(faults >= 50, "{mode}{faults} failed starts");
+        } else {
+            // The detached program escapes the failed start's process group; the next try finds
+            // and adopts it instead of starting a second one.
+            assert!(faults >= 1, "{mode}{faults} failed starts");
+        }
+    }
+}
+
+#[test]
+fn kill_9_of_a_script_mode_program_is_its_last_exit() {
+    for mode in modes("LastExit in script mode") {
+        let f = Fixture::with_config(mode);
+        f.write_services(&json!([f.script_service("victim", 0, false, "")]));
+        let n = f.start();
+        let pid = n.wait_running("victim")[0];
+        kill9(pid);
+        let t = wait_until(&format!("{mode}a new run"), Duration::from_secs(10), || {
+            let t = n.task("victim");
+            (t["State"] == 2 && !pids(&t).contains(&(pid as i32))).then_some(t)
+        });
+        let last = t["LastExit"].as_str().unwrap_or_default().to_string();
+        assert!(last.contains("SIGKILL"), "{mode}LastExit: {last:?}");
+        let h = n.ok("GET", "/health", None);
+        let want = if mode.contains("off") { "fallback" } else { "cgroup" };
+        assert_eq!(h["ownership"], want);
+    }
+}
+
+#[test]
+fn a_cgroup_left_by_a_removed_service_is_stopped_at_start() {
+    if !cgroups_here("orphan cgroup") {
+        return;
+    }
+    let f = Fixture::with_config("CGROUPS: required\n");
+    f.write_services(&json!([f.direct_service("gone", 0, &[])]));
+    let mut n = f.start();
+    let pid = n.wait_running("gone")[0];
+    // Deleted from services.json by hand, then air-nanny crashes: the program runs on unseen.
+    n.kill9();
+    f.write_services(&json!([]));
+    assert!(alive(pid));
+    let n = f.start();
+    wait_until("the orphan stopped", Duration::from_secs(10), || (!alive(pid)).then_some(()));
+    f.wait_log("no longer configured", Duration::from_secs(5));
+    let dir = f.cgroup_dir().unwrap().join("svc-gone");
+    wait_until("its cgroup removed", Duration::from_secs(10), || (!dir.exists()).then_some(()));
+    drop(n);
+}
