@@ -243,8 +243,17 @@ fn spawn_signal_task(
     });
 }
 
+/// Connections the kernel holds for the API beyond those being served (`tls::MAX_CONNECTIONS`):
+/// clients past the cap wait there instead of timing out on SYN retries.
+const API_BACKLOG: u32 = 1024;
+
 /// Binds the API listener for `settings`.
 pub async fn bind(settings: &Settings) -> Result<TcpListener, StartupError> {
     let addr = std::net::SocketAddr::new(settings.addr, settings.port);
-    TcpListener::bind(addr).await.map_err(|source| StartupError::Listen { addr: addr.to_string(), source })
+    let err = |source| StartupError::Listen { addr: addr.to_string(), source };
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }.map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(API_BACKLOG).map_err(err)
 }

@@ -7,6 +7,7 @@
 //! configuration is read once per connection, so a reload applies to the next handshake and the
 //! listening socket is never closed.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,7 +24,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 
 /// How long a client has to finish its TLS handshake.
@@ -155,40 +156,122 @@ impl Connected<IncomingStream<'_, ApiListener>> for Peer {
     }
 }
 
-/// A connection to the API: plain TCP, or TLS over it.
-pub enum ApiStream {
+/// API connections open at once; more wait in the kernel's backlog (they cost air-nanny no file
+/// descriptor) until one closes.
+pub const MAX_CONNECTIONS: usize = 256;
+/// A connection with no request in progress is closed after this long without a byte.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request's head must arrive whole within this long of its first byte (a slow or half-sent
+/// request cannot hold a connection, or air-nanny's exit).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+enum Io {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+/// Where a connection is in its request cycle, for its timeouts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Between requests: closed after [`IDLE_TIMEOUT`] of silence.
+    Idle,
+    /// Reading a request's head; `tail` is its last three bytes so far (the end of a head is an
+    /// empty line). Closed if the head is not whole within [`HEAD_TIMEOUT`].
+    Head { tail: [u8; 3] },
+    /// The head has arrived: the request is being served (bounded by API_TIMEOUT), no timeout here.
+    Busy,
+}
+
+/// A connection to the API: plain TCP, or TLS over it; it holds one of the [`MAX_CONNECTIONS`]
+/// slots and enforces the idle and head timeouts itself (hyper has no timer here).
+pub struct ApiStream {
+    io: Io,
+    _slot: Option<OwnedSemaphorePermit>,
+    stage: Stage,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl ApiStream {
+    fn new(io: Io, slot: Option<OwnedSemaphorePermit>) -> ApiStream {
+        ApiStream { io, _slot: slot, stage: Stage::Idle, timer: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)) }
+    }
+
+    /// Follows the request cycle through the bytes just read.
+    fn saw(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut tail = match self.stage {
+            Stage::Busy => return,
+            Stage::Idle => {
+                self.timer.as_mut().reset(tokio::time::Instant::now() + HEAD_TIMEOUT);
+                [0; 3]
+            }
+            Stage::Head { tail } => tail,
+        };
+        for &b in bytes {
+            // An empty line ends the head: CRLF CRLF, or a bare LF LF, which parsers also accept.
+            if b == b'\n' && (tail == *b"\r\n\r" || tail[2] == b'\n') {
+                self.stage = Stage::Busy;
+                return;
+            }
+            tail = [tail[1], tail[2], b];
+        }
+        self.stage = Stage::Head { tail };
+    }
+}
+
 impl AsyncRead for ApiStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ApiStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ApiStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        let polled = match &mut me.io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        match polled {
+            Poll::Ready(Ok(())) => {
+                let new = buf.filled()[before..].to_vec();
+                me.saw(&new);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if me.stage != Stage::Busy && me.timer.as_mut().poll(cx).is_ready() => {
+                let what = if me.stage == Stage::Idle { "idle" } else { "request head not complete" };
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)))
+            }
+            other => other,
         }
     }
 }
 
 impl AsyncWrite for ApiStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ApiStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ApiStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        let me = self.get_mut();
+        let polled = match &mut me.io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        };
+        if let Poll::Ready(Ok(n)) = polled {
+            if n > 0 && me.stage == Stage::Busy {
+                // A response is going out: the next request starts from idle.
+                me.stage = Stage::Idle;
+                me.timer.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+            }
         }
+        polled
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ApiStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ApiStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ApiStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ApiStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -197,6 +280,7 @@ impl AsyncWrite for ApiStream {
 pub struct ApiListener {
     local: SocketAddr,
     inner: Inner,
+    slots: Arc<Semaphore>,
 }
 
 enum Inner {
@@ -207,21 +291,28 @@ enum Inner {
 impl ApiListener {
     pub fn new(listener: TcpListener, tls: Option<Arc<TlsState>>) -> io::Result<ApiListener> {
         let local = listener.local_addr()?;
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let inner = match tls {
             None => Inner::Plain(listener),
             Some(tls) => {
                 let (tx, rx) = mpsc::channel(MAX_HANDSHAKES);
-                tokio::spawn(accept_tls(listener, tls, tx));
+                tokio::spawn(accept_tls(listener, tls, tx, slots.clone()));
                 Inner::Tls(rx)
             }
         };
-        Ok(ApiListener { local, inner })
+        Ok(ApiListener { local, inner, slots })
     }
 }
 
-async fn accept_tls(listener: TcpListener, tls: Arc<TlsState>, tx: mpsc::Sender<(ApiStream, Peer)>) {
+async fn accept_tls(
+    listener: TcpListener,
+    tls: Arc<TlsState>,
+    tx: mpsc::Sender<(ApiStream, Peer)>,
+    connections: Arc<Semaphore>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
+        let Ok(slot) = connections.clone().acquire_owned().await else { return };
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let (tcp, addr) = match listener.accept().await {
             Ok(c) => c,
@@ -247,7 +338,8 @@ async fn accept_tls(listener: TcpListener, tls: Arc<TlsState>, tx: mpsc::Sender<
                         .and_then(|c| c.first())
                         .map(|c| subject(c.as_ref()).unwrap_or_else(|| "(unreadable subject)".into()));
                     drop(permit);
-                    let _ = tx.send((ApiStream::Tls(Box::new(stream)), Peer { addr, cert_subject })).await;
+                    let stream = ApiStream::new(Io::Tls(Box::new(stream)), Some(slot));
+                    let _ = tx.send((stream, Peer { addr, cert_subject })).await;
                 }
                 Ok(Err(e)) => tracing::warn!(peer = %addr, "TLS handshake refused: {e}"),
                 Err(_) => tracing::warn!(peer = %addr, "TLS handshake timed out"),
@@ -263,8 +355,9 @@ impl Listener for ApiListener {
     async fn accept(&mut self) -> (ApiStream, Peer) {
         match &mut self.inner {
             Inner::Plain(l) => loop {
+                let slot = self.slots.clone().acquire_owned().await.ok();
                 match TcpListener::accept(l).await {
-                    Ok((s, addr)) => return (ApiStream::Plain(s), Peer { addr, cert_subject: None }),
+                    Ok((s, addr)) => return (ApiStream::new(Io::Plain(s), slot), Peer { addr, cert_subject: None }),
                     Err(e) => {
                         tracing::warn!("API accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -353,6 +446,44 @@ fn tlv(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 
 #[cfg(test)]
 mod tests {
+
+    /// A connection over loopback, wrapped as the API wraps it.
+    async fn pair() -> (ApiStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        (ApiStream::new(Io::Plain(server), None), client)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_sent_head_and_an_idle_connection_time_out_a_request_being_served_does_not() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = [0u8; 256];
+        // Half a head, then nothing: closed at the head timeout.
+        let (mut s, mut c) = pair().await;
+        c.write_all(b"GET /task/get HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        let t = tokio::time::Instant::now();
+        let e = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(t.elapsed() >= HEAD_TIMEOUT - Duration::from_secs(1) && t.elapsed() <= HEAD_TIMEOUT);
+        // Nothing at all: closed when idle.
+        let (mut s, _c) = pair().await;
+        let e = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        // A whole head (even in pieces across reads): no timeout while it is served, however long;
+        // after the response, idle again.
+        let (mut s, mut c) = pair().await;
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r").await.unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        c.write_all(b"\n\r\n").await.unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        let served = tokio::time::timeout(Duration::from_secs(3600), s.read(&mut buf)).await;
+        assert!(served.is_err(), "a request being served is never timed out by the connection");
+        s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        let e = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
     use super::*;
 
     #[test]

@@ -60,3 +60,27 @@ fn a_half_sent_request_does_not_hold_up_the_exit() {
     assert!(f.pids_of("quick").is_empty());
     drop((half, idle));
 }
+
+#[test]
+fn a_thousand_idle_connections_neither_stop_a_respawn_nor_hold_up_the_exit() {
+    let f = Fixture::new();
+    f.write_services(&json!([f.direct_service("busy", 0, &[])]));
+    let mut n = f.start();
+    let first = n.wait_running("busy")[0];
+    // 1000 clients that connect and say nothing (256 are served, the rest wait in the backlog).
+    let idle: Vec<std::net::TcpStream> =
+        (0..1000).filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", f.port)).ok()).collect();
+    assert!(idle.len() >= 900, "only {} connections", idle.len());
+    kill9(first);
+    wait_until("the respawn, despite the connections", Duration::from_secs(10), || {
+        let p = f.pids_of("busy");
+        (p.len() == 1 && p[0] as i64 != first).then_some(())
+    });
+    let t = std::time::Instant::now();
+    n.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = n.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0));
+    // The service stops at once; the connections add two seconds at most.
+    assert!(t.elapsed() < Duration::from_secs(3 + 2), "exit took {:?}", t.elapsed());
+    drop(idle);
+}
