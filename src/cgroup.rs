@@ -6,7 +6,8 @@
 //! file, `cgroup.procs` say, from colliding). `BASE` is, by default, the parent of air-nanny's own
 //! cgroup when systemd put it into a `supervisor` leaf (`Delegate=yes` + `DelegateSubgroup=supervisor`:
 //! air-nanny and its services are then siblings, as the no-internal-processes rule wants), else
-//! `air-nanny` under the root when air-nanny runs in the root cgroup, else its own cgroup.
+//! `air-nanny` under the root when air-nanny runs in the root cgroup, else its own cgroup — after
+//! moving itself into a `supervisor` leaf of it (what `DelegateSubgroup=` does on newer systemd).
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -87,7 +88,18 @@ impl Hierarchy {
             Some(b) => b.to_string(),
             None => {
                 let own = fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("/proc/self/cgroup: {e}"))?;
-                default_base(&own_cgroup(&own).ok_or("/proc/self/cgroup has no cgroup v2 line")?)
+                let own = own_cgroup(&own).ok_or("/proc/self/cgroup has no cgroup v2 line")?;
+                let base = default_base(&own);
+                if base == own.trim_end_matches('/') {
+                    // systemd without DelegateSubgroup= (before v254) put air-nanny into the
+                    // delegated cgroup itself: move into a `supervisor` leaf, so that the service
+                    // cgroups beside it never sit under a cgroup with processes in it.
+                    let leaf = mount.join(base.trim_start_matches('/')).join("supervisor");
+                    fs::create_dir_all(&leaf).map_err(|e| format!("cannot create {}: {e}", leaf.display()))?;
+                    fs::write(leaf.join("cgroup.procs"), "0")
+                        .map_err(|e| format!("cannot move air-nanny into {}: {e}", leaf.display()))?;
+                }
+                base
             }
         };
         if base.split('/').any(|c| c == "..") {

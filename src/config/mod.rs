@@ -533,8 +533,34 @@ pub fn check_all(config_path: &Path) -> (Option<Settings>, Vec<ServiceInfo>, Pro
                 }
             }
         }
+        // Without cgroups, processes are found by path where no record says whose they are.
+        let fallback = s.cgroups == CgroupMode::Off || !cgroup2_here();
+        if fallback {
+            let mut by_program: std::collections::BTreeMap<PathBuf, Vec<&str>> = Default::default();
+            for svc in &services {
+                if let Ok(r) = s.resolve(svc, false) {
+                    by_program.entry(r.program).or_default().push(&svc.name);
+                }
+            }
+            for (program, names) in by_program.into_iter().filter(|(_, n)| n.len() > 1) {
+                problems.warn(
+                    &file,
+                    "script.programFilePath",
+                    format!(
+                        "services {} share {}: without cgroups (CGROUPS: off, or no cgroup v2 here) each keeps its own processes by record, but a first start may adopt a copy another started by hand",
+                        names.join(", "),
+                        program.display()
+                    ),
+                );
+            }
+        }
     }
     (settings, services, problems)
+}
+
+/// Whether a cgroup2 hierarchy is mounted here (what `check` can tell without creating anything).
+fn cgroup2_here() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo").ok().and_then(|m| crate::cgroup::cgroup2_mount(&m)).is_some()
 }
 
 /// Reads fields of config.yaml, reporting each wrong one.

@@ -114,3 +114,17 @@ fn version_and_help_are_readable() {
         assert!(help.contains(word), "{help}");
     }
 }
+
+#[test]
+fn services_sharing_a_program_are_warned_about_without_cgroups() {
+    let f = Fixture::with_config("CGROUPS: off\n");
+    let bridge = f.program("bridge");
+    let mut a = f.direct_service("port1", 0, &["--heartbeat", "1"]);
+    a["script"]["programFilePath"] = serde_json::json!(bridge);
+    let mut b = f.direct_service("port2", 0, &["--heartbeat", "2"]);
+    b["script"]["programFilePath"] = serde_json::json!(bridge);
+    f.write_services(&serde_json::json!([a, b]));
+    let (code, out, _) = f.cli(&["check"]);
+    assert_eq!(code, 0, "a warning, not an error:\n{out}");
+    assert!(out.contains("services port1, port2 share") && out.contains("/bin/bridge"), "{out}");
+}
