@@ -57,6 +57,8 @@ class Setup:
         with open(os.path.join(self.dir, "config.yaml"), "w") as f:
             f.write(f"SERVER: bench\nPUBLIC_CONF: public.yaml\nSERVER_PORT: {self.port}\n"
                     f"STOP_TIMEOUT: 5\nGROUP_START_TIMEOUT: 120\nLOG_DIR: logs\n"
+                    # Cgroups of its own, apart from the demo's and the tests'.
+                    f"CGROUP_BASE: /air-nanny-bench/{os.getpid()}-{self.port}\n"
                     # A service's run of 1 s counts as healthy: each kill then meets a first restart.
                     f"RESTART_BACKOFF_RESET: 1\n")
         script = os.path.join(self.dir, "ctl.sh")
