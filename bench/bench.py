@@ -52,13 +52,14 @@ class Setup:
         for name in self.names:
             os.link(program, os.path.join(self.root, "bin", name))
         self.port = free_port()
+        self.cgroup_base = f"/air-nanny-bench/{os.getpid()}-{self.port}"
         with open(os.path.join(self.dir, "public.yaml"), "w") as f:
             f.write(f"rootpath: {self.root}\n")
         with open(os.path.join(self.dir, "config.yaml"), "w") as f:
             f.write(f"SERVER: bench\nPUBLIC_CONF: public.yaml\nSERVER_PORT: {self.port}\n"
                     f"STOP_TIMEOUT: 5\nGROUP_START_TIMEOUT: 120\nLOG_DIR: logs\n"
                     # Cgroups of its own, apart from the demo's and the tests'.
-                    f"CGROUP_BASE: /air-nanny-bench/{os.getpid()}-{self.port}\n"
+                    f"CGROUP_BASE: {self.cgroup_base}\n"
                     # A service's run of 1 s counts as healthy: each kill then meets a first restart.
                     f"RESTART_BACKOFF_RESET: 1\n")
         script = os.path.join(self.dir, "ctl.sh")
@@ -122,6 +123,16 @@ esac
             except ProcessLookupError:
                 pass
         subprocess.run(["rm", "-rf", self.dir])
+        # The services' cgroups are removed by air-nanny as it stops them; its base is left.
+        try:
+            with open("/proc/self/mountinfo") as f:
+                for line in f:
+                    left, _, right = line.partition(" - ")
+                    if right.split()[:1] == ["cgroup2"]:
+                        os.rmdir(left.split()[4] + self.cgroup_base)
+                        break
+        except OSError:
+            pass
 
 
 class Nanny:
