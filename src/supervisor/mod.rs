@@ -609,6 +609,10 @@ impl Actor {
                 }
             });
             for (name, r) in futures_util::future::join_all(stops).await {
+                // Stopped: its empty cgroup goes (the task may not get to it before the exit).
+                if let Some(c) = &self.cgroups {
+                    let _ = c.hierarchy.service(&name).remove();
+                }
                 match r {
                     Ok(Done { stop_fault: Some(f) }) => faults.push((name, f)),
                     Ok(_) => {}
@@ -618,6 +622,11 @@ impl Actor {
         }
         self.detached.close();
         self.detached.wait().await;
+        // A base of its own (CGROUP_BASE) left empty goes too; systemd's delegated cgroup, which
+        // holds air-nanny's leaf, stays.
+        if let Some(c) = &self.cgroups {
+            let _ = std::fs::remove_dir(c.hierarchy.base());
+        }
         ShutdownReport { faults }
     }
 }

@@ -903,6 +903,17 @@ async fn stop(ctx: &Ctx, mut pids: Vec<i32>, lookup: Lookup) -> Option<String> {
     // Descendants that left the process group (setsid) and were reparented: found by the tag
     // every process of the service inherits, and stopped after the program.
     let mut extras: Vec<i32> = process::tagged(&ctx.tag()).into_iter().filter(|p| !pids.contains(p)).collect();
+    if !info.is_direct() {
+        // A pid seen as the program a moment ago may be something else now (a daemon caught
+        // between its fork and its exec of another binary): that is stopped as a descendant, not
+        // waited for as the program.
+        let now_program = process::program_among(&pids, &program);
+        extras.extend(pids.iter().copied().filter(|p| !now_program.contains(p) && process::is_alive(*p)));
+        pids = now_program;
+        if pids.is_empty() && extras.is_empty() {
+            return None;
+        }
+    }
     let groups: Vec<i32> = pids.iter().filter_map(|p| process::pgid_of(*p)).collect();
     let timeout = ctx.settings.stop_timeout_of(info);
     let deadline = Instant::now() + timeout;

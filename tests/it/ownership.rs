@@ -115,7 +115,18 @@ fn every_process_of_a_service_is_in_pids_and_none_outlives_fifty_stops() {
             wait_until(&format!("{mode}cycle {cycle}: both daemons"), Duration::from_secs(20), || {
                 (f.pids_of("detached").len() == 2).then_some(())
             });
-            assert_eq!(n.terminate().code(), Some(0), "{mode}cycle {cycle}: a clean stop");
+            let code = n.terminate().code();
+            if code != Some(0) {
+                let log = std::fs::read_to_string(f.path("nanny.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                let fam = f.log("fam") + &f.log("sfam");
+                let ftail: Vec<&str> = fam.lines().filter(|l| l.contains("[air-nanny]")).rev().take(20).collect();
+                panic!(
+                    "{mode}cycle {cycle}: not a clean stop ({code:?}):\n{}\n---\n{}",
+                    tail.join("\n"),
+                    ftail.join("\n")
+                );
+            }
             let left: Vec<i32> = ["fam", "sfam", "detached"].iter().flat_map(|p| f.pids_of(p)).collect();
             assert!(left.is_empty(), "{mode}cycle {cycle}: processes left after the stop: {left:?}");
             if cgroups {
@@ -176,13 +187,16 @@ fn a_start_script_that_starts_the_program_and_fails_never_leaves_two() {
             assert!(running.len() <= 1, "{mode}try {i}: {} instances: {running:?}", running.len());
         }
         let faults = n.task("twice")["StartFaultNum"].as_u64().unwrap();
+        let log = f.log("twice");
+        let notes: Vec<&str> = log.lines().filter(|l| l.contains("[air-nanny]")).rev().take(30).collect();
+        let notes = notes.join("\n");
         if mode.contains("required") {
             // Each failed start's cgroup is emptied: every try is a real start that fails.
-            assert!(faults >= 50, "{mode}{faults} failed starts");
+            assert!(faults >= 50, "{mode}{faults} failed starts:\n{notes}");
         } else {
             // The detached program escapes the failed start's process group; the next try finds
             // and adopts it instead of starting a second one.
-            assert!(faults >= 1, "{mode}{faults} failed starts");
+            assert!(faults >= 1, "{mode}{faults} failed starts:\n{notes}");
         }
     }
 }
