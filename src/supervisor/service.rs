@@ -570,14 +570,15 @@ impl ServiceTask {
             (_, Lookup::Absent) => Vec::new(),
             // Whatever is in the service's cgroup is the service's, and nothing else is.
             (Some(o), _) => o.members(),
-            // At boot, the record of the previous air-nanny says exactly what is the service's.
-            (None, Lookup::Table(_)) if self.ledger.as_ref().is_some_and(|l| l.recorded(&self.info.name).is_some()) => {
-                self.ledger.as_ref().and_then(|l| l.recorded(&self.info.name)).unwrap_or_default()
-            }
             (None, Lookup::Scan) => self.ctx().find(program),
-            (None, Lookup::Table(table)) => {
-                self.ctx().not_others(table.find(program).into_iter().filter(|p| process::is_alive(*p)).collect())
-            }
+            // At boot, the record of the previous air-nanny says exactly what is the service's;
+            // without one (a first boot), the group's scan, minus other services' processes.
+            (None, Lookup::Table(table)) => match self.ledger.as_ref().and_then(|l| l.recorded(&self.info.name)) {
+                Some(recorded) => recorded,
+                None => {
+                    self.ctx().not_others(table.find(program).into_iter().filter(|p| process::is_alive(*p)).collect())
+                }
+            },
         };
         if !found.is_empty() {
             match &self.owned {
@@ -920,17 +921,10 @@ async fn stop(ctx: &Ctx, mut pids: Vec<i32>, lookup: Lookup) -> Option<String> {
     let mut fault: Option<String> = None;
     match ctx.paths.as_ref().filter(|p| p.script.is_some()) {
         Some(paths) => {
-            let command = info.script.stop_command.clone();
-            let script = paths.script.as_deref().unwrap_or(Path::new("")).display().to_string();
-            ctx.log.note(&format!("stop: {script} {command}"));
-            match run_script(ctx, paths, &command, deadline).await {
-                Ok(exit) if exit.success() => {}
-                Ok(exit) => fault = Some(format!("stop command {script} {command} failed: {exit}")),
-                Err(e) => fault = Some(e),
-            }
+            fault = run_stop_command(ctx, paths, deadline).await;
         }
         None => {
-            let sig = info.script.stop_signal.as_deref().and_then(process::parse_signal).unwrap_or(Signal::SIGTERM);
+            let sig = stop_signal(info);
             ctx.log.note(&format!("stop: sending {sig}"));
             process::signal_all(&pids, sig);
         }
@@ -972,7 +966,7 @@ async fn stop(ctx: &Ctx, mut pids: Vec<i32>, lookup: Lookup) -> Option<String> {
         }
     }
     if !extras.is_empty() {
-        let sig = info.script.stop_signal.as_deref().and_then(process::parse_signal).unwrap_or(Signal::SIGTERM);
+        let sig = stop_signal(info);
         ctx.log.note(&format!("stop: sending {sig} to detached processes {extras:?}"));
         process::signal_all(&extras, sig);
         if !process::wait_all_exit(&extras, Instant::now() + ctx.settings.kill_grace).await {
@@ -1006,7 +1000,7 @@ async fn stop_owned(ctx: &Ctx, o: &Owned) -> Option<String> {
     }
     let timeout = ctx.settings.stop_timeout_of(info);
     let deadline = Instant::now() + timeout;
-    let sig = info.script.stop_signal.as_deref().and_then(process::parse_signal).unwrap_or(Signal::SIGTERM);
+    let sig = stop_signal(info);
     let mut fault: Option<String> = None;
     let why = format!("program still running {}s after stop; killing it", timeout.as_secs());
     match script {
@@ -1014,14 +1008,7 @@ async fn stop_owned(ctx: &Ctx, o: &Owned) -> Option<String> {
             // The stop command stops the program; then whatever else the service left (helpers,
             // detached daemons) gets the stop signal, and what resists, cgroup.kill.
             let program = process::program_among(&members, &paths.program);
-            let command = info.script.stop_command.clone();
-            let script = paths.script.as_deref().unwrap_or(Path::new("")).display().to_string();
-            ctx.log.note(&format!("stop: {script} {command}"));
-            match run_script(ctx, paths, &command, deadline).await {
-                Ok(exit) if exit.success() => {}
-                Ok(exit) => fault = Some(format!("stop command {script} {command} failed: {exit}")),
-                Err(e) => fault = Some(e),
-            }
+            fault = run_stop_command(ctx, paths, deadline).await;
             if !process::wait_all_exit(&program, deadline).await {
                 ctx.log.note(&why);
                 fault.get_or_insert(why.clone());
@@ -1056,6 +1043,23 @@ async fn stop_owned(ctx: &Ctx, o: &Owned) -> Option<String> {
         fault.get_or_insert(format!("processes {left:?} survived cgroup.kill"));
     }
     fault.or_else(|| Some("processes were left after the stop and were killed".into()))
+}
+
+/// The stop command of `paths`' script, bounded by `deadline`; the fault when it failed.
+async fn run_stop_command(ctx: &Ctx, paths: &Resolved, deadline: Instant) -> Option<String> {
+    let command = &ctx.info.script.stop_command;
+    let script = paths.script.as_deref().unwrap_or(Path::new("")).display().to_string();
+    ctx.log.note(&format!("stop: {script} {command}"));
+    match run_script(ctx, paths, command, deadline).await {
+        Ok(exit) if exit.success() => None,
+        Ok(exit) => Some(format!("stop command {script} {command} failed: {exit}")),
+        Err(e) => Some(e),
+    }
+}
+
+/// The service's stop signal (`script.stopSignal`, SIGTERM by default).
+fn stop_signal(info: &ServiceInfo) -> Signal {
+    info.script.stop_signal.as_deref().and_then(process::parse_signal).unwrap_or(Signal::SIGTERM)
 }
 
 /// Runs the control script with `arg`, output to the service log, killed with its group at
