@@ -66,26 +66,6 @@ fn stands_for(pid: i32, mut matches: impl FnMut(&[u8]) -> bool) -> bool {
 /// the service's descendants that left its process group (`setsid`) and were reparented.
 pub const OWNER_VAR: &str = "AIR_NANNY_OWNER";
 
-/// Every live process whose environment holds `AIR_NANNY_OWNER=tag` (one pass over /proc; the
-/// fallback mode's stop only).
-pub fn tagged(tag: &str) -> Vec<i32> {
-    let want = format!("{OWNER_VAR}={tag}");
-    let me = std::process::id() as i32;
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let mut pids: Vec<i32> = dir
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != me && pid > 1)
-        .filter(|&pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == want.as_bytes()))
-        })
-        .filter(|&pid| is_alive(pid))
-        .collect();
-    pids.sort_unstable();
-    pids
-}
-
 /// The `AIR_NANNY_OWNER` tag in process `pid`'s environment, if any.
 pub fn owner_tag(pid: i32) -> Option<String> {
     let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
@@ -96,28 +76,98 @@ pub fn owner_tag(pid: i32) -> Option<String> {
 }
 
 /// Every program running on the machine, by path, from one pass over /proc: what boot uses to
-/// adopt the programs of a whole group without scanning once per service.
+/// adopt the programs of a whole group without scanning once per service. With tags, also every
+/// process by its `AIR_NANNY_OWNER` tag (the fallback mode's stops, see [`shared_scan`]).
 #[derive(Debug, Default)]
 pub struct ProcTable {
     by_path: HashMap<PathBuf, Vec<i32>>,
+    by_tag: HashMap<Vec<u8>, Vec<i32>>,
 }
 
 impl ProcTable {
     pub fn scan() -> ProcTable {
-        let mut by_path: HashMap<PathBuf, Vec<i32>> = HashMap::new();
+        ProcTable::scan_with(false)
+    }
+
+    fn scan_with(tags: bool) -> ProcTable {
+        let mut table = ProcTable::default();
+        let prefix = format!("{OWNER_VAR}=");
         scan(|pid, path| {
-            let pids = by_path.entry(PathBuf::from(OsStr::from_bytes(path))).or_default();
-            if pids.last() != Some(&pid) {
-                pids.push(pid);
+            let pids = table.by_path.entry(PathBuf::from(OsStr::from_bytes(path))).or_default();
+            if pids.last() == Some(&pid) {
+                return; // the script an interpreter runs: the same process again
+            }
+            pids.push(pid);
+            if tags {
+                if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
+                    if let Some(tag) = env.split(|b| *b == 0).find_map(|v| v.strip_prefix(prefix.as_bytes())) {
+                        table.by_tag.entry(tag.to_vec()).or_default().push(pid);
+                    }
+                }
             }
         });
-        ProcTable { by_path }
+        table
     }
 
     /// The live processes of `program`, as [`find_program`] would find them at scan time.
     pub fn find(&self, program: &Path) -> Vec<i32> {
         self.by_path.get(program).cloned().unwrap_or_default()
     }
+
+    /// The processes whose environment held `AIR_NANNY_OWNER=tag` at scan time and that are still
+    /// alive (not zombies), in pid order. Empty for a table scanned without tags.
+    pub fn tagged(&self, tag: &str) -> Vec<i32> {
+        let mut pids: Vec<i32> =
+            self.by_tag.get(tag.as_bytes()).into_iter().flatten().copied().filter(|&p| p > 1 && is_alive(p)).collect();
+        pids.sort_unstable();
+        pids
+    }
+}
+
+/// A pass over /proc (paths and tags) that began after this call, shared with every caller that
+/// asked while the previous pass ran, on a blocking thread: N services stopping at once (a
+/// shutdown in the fallback mode) cost a few passes, not N, and none runs on the runtime thread.
+pub async fn shared_scan() -> std::sync::Arc<ProcTable> {
+    use std::sync::{Arc, Mutex};
+    use tokio::sync::watch;
+    type Batch = watch::Sender<Option<Arc<ProcTable>>>;
+    #[derive(Default)]
+    struct Scans {
+        /// The batch the next pass serves: callers that asked since the current pass began.
+        next: Option<Arc<Batch>>,
+        running: bool,
+    }
+    static SCANS: Mutex<Scans> = Mutex::new(Scans { next: None, running: false });
+
+    fn passes() {
+        loop {
+            let batch = {
+                let mut s = SCANS.lock().unwrap_or_else(|p| p.into_inner());
+                match s.next.take() {
+                    Some(b) => b,
+                    None => {
+                        s.running = false;
+                        return;
+                    }
+                }
+            };
+            let table = Arc::new(ProcTable::scan_with(true));
+            batch.send_replace(Some(table));
+        }
+    }
+
+    let mut rx = {
+        let mut s = SCANS.lock().unwrap_or_else(|p| p.into_inner());
+        let rx = s.next.get_or_insert_with(|| Arc::new(watch::channel(None).0)).subscribe();
+        if !s.running {
+            s.running = true;
+            tokio::task::spawn_blocking(passes);
+        }
+        rx
+    };
+    let done = rx.wait_for(Option::is_some).await.ok().and_then(|t| t.clone());
+    // Without a table the pass's thread is gone (the runtime is shutting down): scan here.
+    done.unwrap_or_else(|| Arc::new(ProcTable::scan_with(true)))
 }
 
 /// Calls `found(pid, path)` for each path a live process stands for: its executable (without a
@@ -295,20 +345,43 @@ pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let before = lim.rlim_cur as u64;
+    let before = lim;
     if lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;
         // SAFETY: as above.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
+        let _ = CHILD_NOFILE.set(before);
     }
-    Ok((before, lim.rlim_cur as u64))
+    Ok((before.rlim_cur as u64, lim.rlim_cur as u64))
+}
+
+/// The open-file limit air-nanny was given, when it raised its own: what its children get back.
+static CHILD_NOFILE: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// Makes `cmd`'s process start with the open-file limit air-nanny itself was started with, when
+/// air-nanny raised its own (see [`raise_nofile_limit`]): a program written for `select()` breaks
+/// on descriptors above 1023, which is why systemd's soft limit is 1024. Nothing to do, and no
+/// cost, when the limit was not raised (under the packaged unit, `LimitNOFILE=` sets both).
+pub fn restore_nofile_limit_in(cmd: &mut std::process::Command) {
+    if let Some(&lim) = CHILD_NOFILE.get() {
+        // SAFETY: the closure only calls setrlimit (async-signal-safe) with a value it owns.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+                match libc::setrlimit(libc::RLIMIT_NOFILE, &lim) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            });
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn wait_for_gone(pid: i32) {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -341,6 +414,27 @@ mod tests {
         let pid = child.id() as i32;
         wait_for_gone(pid);
         assert!(!find_program(&sleep).contains(&pid));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shared_scans_find_tagged_processes_and_serve_concurrent_callers() {
+        let tag = format!("/tmp/shared-scan-test:{}", std::process::id());
+        let mut child = std::process::Command::new("sleep").arg("5").env(OWNER_VAR, &tag).spawn().unwrap();
+        let pid = child.id() as i32;
+        // Scans that began before the child existed cannot count: every caller's scan began after
+        // it asked.
+        let scans = futures_util::future::join_all((0..50).map(|_| shared_scan())).await;
+        for t in &scans {
+            assert_eq!(t.tagged(&tag), vec![pid]);
+            assert!(t.tagged("no-such-tag").is_empty());
+        }
+        let distinct = scans.iter().map(|t| Arc::as_ptr(t) as usize).collect::<std::collections::HashSet<_>>();
+        assert!(distinct.len() <= 3, "50 concurrent callers shared the passes: {} passes", distinct.len());
+        child.kill().unwrap();
+        let _ = child.wait();
+        wait_for_gone(pid);
+        assert!(shared_scan().await.tagged(&tag).is_empty(), "a process gone is not listed");
+        assert!(ProcTable::scan().tagged(&tag).is_empty(), "a table without tags lists none");
     }
 
     #[test]

@@ -122,6 +122,7 @@ impl Reaper {
         // A process group rather than a pre_exec setsid: std can then use posix_spawn (vfork), which
         // is what keeps a respawn near a millisecond.
         cmd.process_group(0);
+        crate::process::restore_nofile_limit_in(cmd);
         let mut waiters = self.waiters.lock().expect("reaper lock");
         let child = cmd.spawn()?;
         let pid = child.id() as i32;

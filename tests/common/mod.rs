@@ -126,6 +126,15 @@ impl Fixture {
         format!("/bin/{name}")
     }
 
+    /// Like [`Fixture::program`], a hard link where the file system allows (many services, no copies).
+    pub fn program_linked(&self, name: &str) -> String {
+        let dest = self.root().join("bin").join(name);
+        if !dest.exists() && std::fs::hard_link(DEMO, &dest).is_err() {
+            std::fs::copy(DEMO, &dest).unwrap();
+        }
+        format!("/bin/{name}")
+    }
+
     pub fn program_path(&self, name: &str) -> PathBuf {
         self.root().join("bin").join(name)
     }
@@ -231,10 +240,40 @@ impl Fixture {
 
     /// Starts air-nanny without waiting for its API (the caller waits its own way, over TLS say).
     pub fn spawn(&self, env: &[(&str, &str)], cwd: Option<&std::path::Path>) -> Nanny<'_> {
+        self.spawn_cmd(env, cwd, None)
+    }
+
+    /// [`Fixture::start`] under an open-file limit of `soft` (systemd gives services 1024), with a
+    /// hard limit of at least `hard` (raised as root where the machine's is lower).
+    pub fn start_with_nofile(&self, soft: u64, hard: u64) -> Nanny<'_> {
+        let mut n = self.spawn_cmd(&[], None, Some((soft, hard)));
+        wait_until("the API to answer /health", Duration::from_secs(20), || {
+            n.check_alive();
+            (n.call("GET", "/health", None).0 == 200).then_some(())
+        });
+        n
+    }
+
+    fn spawn_cmd(&self, env: &[(&str, &str)], cwd: Option<&std::path::Path>, nofile: Option<(u64, u64)>) -> Nanny<'_> {
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(self.path("nanny.log")).unwrap();
         let mut cmd = Command::new(AIR_NANNY);
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
+        }
+        if let Some((soft, hard)) = nofile {
+            let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: getrlimit with a valid pointer.
+            assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur) }, 0);
+            let lim = libc::rlimit { rlim_cur: soft, rlim_max: cur.rlim_max.max(hard) };
+            // SAFETY: the closure only calls setrlimit (async-signal-safe) with a value it owns.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    match libc::setrlimit(libc::RLIMIT_NOFILE, &lim) {
+                        0 => Ok(()),
+                        _ => Err(std::io::Error::last_os_error()),
+                    }
+                });
+            }
         }
         let child = cmd
             .args(["run", "--log-level", "debug", "--config"])
@@ -287,13 +326,23 @@ impl Fixture {
 
     /// Kills every process left of this fixture's programs (cleanup after a failed test).
     fn kill_programs(&self) {
-        if let Ok(entries) = std::fs::read_dir(self.root().join("bin")) {
-            for e in entries.flatten() {
-                for pid in air_nanny::process::find_program(&e.path()) {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                }
+        for pid in self.live_programs() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    /// Every live process of any program of this fixture, in one pass over /proc.
+    pub fn live_programs(&self) -> Vec<i32> {
+        let bin = self.root().join("bin");
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            let exe = std::fs::read_link(e.path().join("exe")).unwrap_or_default();
+            if exe.starts_with(&bin) {
+                pids.push(pid);
             }
         }
+        pids
     }
 }
 
@@ -396,6 +445,12 @@ impl Nanny<'_> {
     pub fn terminate(&mut self) -> ExitStatus {
         self.signal(nix::sys::signal::Signal::SIGTERM);
         self.wait_exit(Duration::from_secs(30))
+    }
+
+    /// SIGTERM, then wait up to `timeout` for air-nanny to exit.
+    pub fn wait_exit_after_term(&mut self, timeout: Duration) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit(timeout)
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {

@@ -17,7 +17,7 @@ fn open_files_limit(pid: u32) -> Option<(u64, u64)> {
 }
 
 #[test]
-fn the_open_file_soft_limit_is_raised_to_the_hard_one() {
+fn the_open_file_soft_limit_is_raised_to_the_hard_one_but_not_for_the_programs() {
     let f = Fixture::new();
     f.write_services(&json!([f.direct_service("counted", 0, &[])]));
     // systemd gives a service 1024 soft; here 256, under whatever hard limit the machine has.
@@ -36,6 +36,10 @@ fn the_open_file_soft_limit_is_raised_to_the_hard_one() {
     assert!(soft > 256 && soft == hard, "{soft} {hard}");
     // Its signal handling is installed once the API answers.
     wait_until("the API", Duration::from_secs(20), || (f.http("GET", "/health", None, None).0 == 200).then_some(()));
+    // Its programs get the limit air-nanny was given, not the raised one (select() breaks above 1023).
+    let program = wait_until("the program", Duration::from_secs(20), || f.pids_of("counted").first().copied());
+    let (psoft, phard) = open_files_limit(program as u32).unwrap();
+    assert_eq!((psoft, phard), (256, hard), "the program's limit");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = wait_until("air-nanny to exit", Duration::from_secs(30), || child.try_wait().unwrap());
     assert_eq!(status.code(), Some(0));
@@ -83,4 +87,72 @@ fn a_thousand_idle_connections_neither_stop_a_respawn_nor_hold_up_the_exit() {
     // The service stops at once; the connections add two seconds at most.
     assert!(t.elapsed() < Duration::from_secs(3 + 2), "exit took {:?}", t.elapsed());
     drop(idle);
+}
+
+/// 1500 direct services under systemd's default soft limit of 1024 open files (a higher hard limit):
+/// air-nanny raises its own soft limit, so every program runs, none crash-loops on EMFILE, a killed
+/// one is respawned, the API answers, and a SIGTERM stops them all. Once with a cgroup per service
+/// (where cgroup v2 is writable here) and once in the fallback mode.
+#[test]
+fn fifteen_hundred_direct_services_run_under_a_soft_limit_of_1024_open_files() {
+    const N: usize = 1500;
+    let mut modes = vec!["CGROUPS: off\n"];
+    if cgroups_here("1500 services") {
+        modes.insert(0, "CGROUPS: required\n");
+    }
+    for mode in modes {
+        let f = Fixture::with_config(&format!("{mode}GROUP_START_TIMEOUT: 120\n"));
+        let services: Vec<_> = (0..N)
+            .map(|i| {
+                let name = format!("s{i}");
+                f.program_linked(&name); // before direct_service, which would copy the binary
+                f.direct_service(&name, 0, &["--heartbeat", "60"])
+            })
+            .collect();
+        f.write_services(&json!(services));
+        let t0 = std::time::Instant::now();
+        let mut n = f.start_with_nofile(1024, 8192);
+        let (soft, _) = open_files_limit(n.pid() as u32).unwrap();
+        assert!(soft > 1024, "{mode}the soft limit was not raised: {soft}");
+        let all_running = || {
+            let (status, v) = n.call("GET", "/task/get", None);
+            let tasks = v["data"].as_array().cloned().unwrap_or_default();
+            let running: Vec<i64> = tasks
+                .iter()
+                .filter(|t| t["State"] == 2 && t["Pids"].as_array().is_some_and(|p| p.len() == 1))
+                .map(|t| t["Pids"][0].as_i64().unwrap())
+                .collect();
+            (status == 200 && tasks.len() == N && running.len() == N).then_some(running)
+        };
+        let pids = wait_until(&format!("{mode}all {N} services running"), Duration::from_secs(120), all_running);
+        let mut distinct = pids.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), N, "{mode}one process per service");
+        assert!(pids.iter().all(|&p| crate::common::alive(p)), "{mode}every listed program is alive");
+        let (psoft, _) = open_files_limit(pids[0] as u32).unwrap();
+        assert_eq!(psoft, 1024, "{mode}a program gets the limit air-nanny was given");
+        let nanny_fds = std::fs::read_dir(format!("/proc/{}/fd", n.pid())).unwrap().count();
+        eprintln!("{mode}{N} services running after {:?}: air-nanny holds {nanny_fds} file descriptors", t0.elapsed());
+
+        // A few programs killed at once all come back.
+        let victims: Vec<(String, i64)> = (0..N).step_by(150).map(|i| (format!("s{i}"), pids[i])).collect();
+        for (_, pid) in &victims {
+            kill9(*pid);
+        }
+        for (name, old) in &victims {
+            wait_until(&format!("{mode}{name} respawned"), Duration::from_secs(30), || {
+                let t = n.task(name);
+                (t["State"] == 2 && t["Pids"].as_array().is_some_and(|p| p.len() == 1 && p[0] != *old)).then_some(())
+            });
+        }
+        let log = std::fs::read_to_string(f.path("nanny.log")).unwrap_or_default();
+        assert!(!log.contains("Too many open files"), "{mode}EMFILE in air-nanny's log");
+        let t1 = std::time::Instant::now();
+        let status = n.wait_exit_after_term(Duration::from_secs(120));
+        eprintln!("{mode}stopped in {:?}; respawns etc. took {:?}", t1.elapsed(), t1 - t0);
+        assert_eq!(status.code(), Some(0), "{mode}");
+        let left = f.live_programs();
+        assert!(left.is_empty(), "{mode}{} programs left after the stop: {:?}", left.len(), &left[..left.len().min(5)]);
+    }
 }
