@@ -138,10 +138,32 @@ esac
 class Nanny:
     def __init__(self, setup):
         self.s = setup
+        # air-nanny says READY=1 (sd_notify) once every service of the boot is running and watched:
+        # a datagram socket of the benchmark's own stands in for systemd's.
+        self.notify_path = os.path.join(setup.dir, "notify.sock")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(self.notify_path)
+        self.t_ready = None
+        threading.Thread(target=self._listen, daemon=True).start()
         self.t_launch = time.time_ns()
         self.proc = subprocess.Popen([setup.nanny, "run", "--log-level", "warn", "--config",
                                       os.path.join(setup.dir, "config.yaml")],
+                                     env=dict(os.environ, NOTIFY_SOCKET=self.notify_path),
                                      stdout=subprocess.DEVNULL, stderr=open(os.path.join(setup.dir, "nanny.log"), "w"))
+
+    def _listen(self):
+        while self.t_ready is None:
+            try:
+                msg = self.notify.recv(4096)
+            except OSError:
+                return
+            if b"READY=1" in msg.split(b"\n"):
+                self.t_ready = time.time_ns()
+
+    def ready_ms(self, timeout=120):
+        """From air-nanny's exec to its READY=1."""
+        wait_until("READY=1", timeout, lambda: self.t_ready, step=0.002)
+        return (self.t_ready - self.t_launch) / 1e6
 
     def all_started(self, timeout=120):
         n = self.s.n
@@ -252,6 +274,22 @@ def script_baseline(setup, runs):
     return statistics.median(times)
 
 
+def stop_scripts_alone(setup):
+    """The floor of a script-mode shutdown: every program started by its control script by hand,
+    then all N stop commands run at once (as air-nanny runs them) until no program is left."""
+    env = lambda name: dict(os.environ, AIR_NANNY_SERVICE=name,
+                            AIR_NANNY_PROGRAM=os.path.join(setup.root, "bin", name))
+    for name in setup.names:
+        subprocess.run([setup.script, "start"], env=env(name), check=True)
+    wait_until("every program", 60, lambda: len(setup.live_programs()) >= setup.n)
+    t0 = time.monotonic_ns()
+    stops = [subprocess.Popen([setup.script, "stop"], env=env(name)) for name in setup.names]
+    for p in stops:
+        p.wait()
+    wait_until("every program to stop", 60, lambda: not setup.live_programs(), step=0.0005)
+    return (time.monotonic_ns() - t0) / 1e6
+
+
 def pct(values, q):
     v = sorted(values)
     return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
@@ -281,6 +319,7 @@ def main():
             try:
                 nn = Nanny(s)
                 bring_up = nn.all_started()
+                ready = nn.ready_ms()
                 nn.wait_ready()
                 time.sleep(settle_s)  # the benchmark's own settling time, not a wait for a condition
                 mem = nn.memory()
@@ -317,7 +356,8 @@ def main():
                 nn.shutdown()
             finally:
                 s2.cleanup()
-            run = {"mode": mode, "n": n, "bring_up_ms": round(bring_up, 2), "rss_kib": mem["rss"],
+            run = {"mode": mode, "n": n, "bring_up_ms": round(bring_up, 2), "ready_ms": round(ready, 2),
+                   "ready_over_bring_up": round(ready / bring_up, 3), "rss_kib": mem["rss"],
                    "pss_kib": mem["pss"], "idle_ticks": idle, "idle_ticks_checked_1s": idle_checked, "console_ticks": console,
                    "idle_seconds": idle_s, "respawn_median_ms": round(statistics.median(lat), 3),
                    "respawn_p90_ms": round(pct(lat, 0.9), 3), "respawn_samples": len(lat),
@@ -328,6 +368,11 @@ def main():
                     run["script_alone_ms"] = round(script_baseline(s3, 3 if q else 10), 3)
                 finally:
                     s3.cleanup()
+                s4 = Setup(a.nanny, a.program, n, mode)
+                try:
+                    run["stop_scripts_alone_ms"] = round(stop_scripts_alone(s4), 2)
+                finally:
+                    s4.cleanup()
             results["runs"].append(run)
             print(json.dumps(run), file=sys.stderr)
     direct = {r["n"]: r for r in results["runs"] if r["mode"] == "direct"}
@@ -370,14 +415,14 @@ def binary_sizes():
 def table(r):
     m = r["machine"]
     lines = [f"Machine: {m['cpus']} cores, {m['cpu']}, Linux {m['kernel']}{' (quick run)' if m['quick'] else ''}", "",
-             "| mode | N | bring-up ms | PSS KiB | RSS KiB | idle ticks (no checks) | idle ticks (check/1 s each) "
-             "| console polling ticks | respawn median ms | respawn p90 ms | script alone ms | shutdown ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| mode | N | bring-up ms | READY ms (× bring-up) | PSS KiB | RSS KiB | idle ticks (no checks) | idle ticks (check/1 s each) "
+             "| console polling ticks | respawn median ms | respawn p90 ms | script alone ms | shutdown ms | N stop scripts alone ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["runs"]:
-        lines.append(f"| {x['mode']} | {x['n']} | {x['bring_up_ms']} | {x['pss_kib']} | {x['rss_kib']} | "
+        lines.append(f"| {x['mode']} | {x['n']} | {x['bring_up_ms']} | {x['ready_ms']} ({x['ready_over_bring_up']}) | {x['pss_kib']} | {x['rss_kib']} | "
                      f"{x['idle_ticks']} in {x['idle_seconds']} s | {x['idle_ticks_checked_1s']} in {x['idle_seconds']} s | "
                      f"{x['console_ticks']} in {x['idle_seconds']} s | "
-                     f"{x['respawn_median_ms']} | {x['respawn_p90_ms']} | {x.get('script_alone_ms', '-')} | {x['shutdown_ms']} |")
+                     f"{x['respawn_median_ms']} | {x['respawn_p90_ms']} | {x.get('script_alone_ms', '-')} | {x['shutdown_ms']} | {x.get('stop_scripts_alone_ms', '-')} |")
     if "pss_per_service_kib" in r:
         lines += ["", f"PSS per extra service (direct): {r['pss_per_service_kib']} KiB"]
     if r["api"]:

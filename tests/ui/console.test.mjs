@@ -43,11 +43,18 @@ async function startDemo({ token, services } = {}) {
   for (const name of [...DAEMONS, "preflight", "camera", "solo"]) fs.copyFileSync(DEMO, path.join(dir, "root/bin", name));
   for (const f of fs.readdirSync(path.join(dir, "root/bin"))) fs.chmodSync(path.join(dir, "root/bin", f), 0o755);
   const port = await freePort();
-  let yaml = `SERVER: ui-test\nPUBLIC_CONF: public.yaml\nSERVER_PORT: ${port}\nLOG_DIR: logs\nWORK_DIR: .\nSTOP_TIMEOUT: 5\n`;
+  // Nothing is shared with a running demo: the API, the sensor-bus program's port (18081 in the
+  // demo) and the cgroups are this test's own.
+  const busPort = await freePort();
+  const busScript = path.join(conf, "demo/sensor-bus/run.sh");
+  fs.writeFileSync(busScript, fs.readFileSync(busScript, "utf8").replaceAll("18081", String(busPort)));
+  let yaml = `SERVER: ui-test\nPUBLIC_CONF: public.yaml\nSERVER_PORT: ${port}\nLOG_DIR: logs\nWORK_DIR: .\nSTOP_TIMEOUT: 5\n` +
+    `CGROUP_BASE: /air-nanny-ui/${process.pid}-${port}\n`;
   if (token) { fs.writeFileSync(path.join(conf, "token"), token + "\n"); yaml += "API_TOKEN_FILE: token\n"; }
   fs.writeFileSync(path.join(conf, "config.yaml"), yaml);
   fs.writeFileSync(path.join(conf, "public.yaml"), `rootpath: ${path.join(dir, "root")}\n`);
-  fs.writeFileSync(path.join(conf, "services.json"), services ?? fs.readFileSync(path.join(REPO, "conf/services.json")));
+  fs.writeFileSync(path.join(conf, "services.json"),
+    services ?? fs.readFileSync(path.join(REPO, "conf/services.json"), "utf8").replaceAll("127.0.0.1:18081", `127.0.0.1:${busPort}`));
   const log = fs.openSync(path.join(dir, "nanny.log"), "a");
   const child = spawn(AIR_NANNY, ["run", "--config", path.join(conf, "config.yaml")], { stdio: ["ignore", "ignore", log] });
   const url = `http://127.0.0.1:${port}/`;
