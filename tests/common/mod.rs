@@ -230,12 +230,7 @@ impl Fixture {
     /// [`Fixture::start`] with extra environment variables, in working directory `cwd` (systemd
     /// starts services in `/`).
     pub fn start_in(&self, env: &[(&str, &str)], cwd: Option<&std::path::Path>) -> Nanny<'_> {
-        let mut n = self.spawn(env, cwd);
-        wait_until("the API to answer /health", Duration::from_secs(20), || {
-            n.check_alive();
-            (n.call("GET", "/health", None).0 == 200).then_some(())
-        });
-        n
+        self.spawn(env, cwd).api_up()
     }
 
     /// Starts air-nanny without waiting for its API (the caller waits its own way, over TLS say).
@@ -246,12 +241,7 @@ impl Fixture {
     /// [`Fixture::start`] under an open-file limit of `soft` (systemd gives services 1024), with a
     /// hard limit of at least `hard` (raised as root where the machine's is lower).
     pub fn start_with_nofile(&self, soft: u64, hard: u64) -> Nanny<'_> {
-        let mut n = self.spawn_cmd(&[], None, Some((soft, hard)));
-        wait_until("the API to answer /health", Duration::from_secs(20), || {
-            n.check_alive();
-            (n.call("GET", "/health", None).0 == 200).then_some(())
-        });
-        n
+        self.spawn_cmd(&[], None, Some((soft, hard))).api_up()
     }
 
     fn spawn_cmd(&self, env: &[(&str, &str)], cwd: Option<&std::path::Path>, nofile: Option<(u64, u64)>) -> Nanny<'_> {
@@ -397,6 +387,15 @@ impl Nanny<'_> {
                 std::fs::read_to_string(self.fixture.path("nanny.log")).unwrap_or_default()
             );
         }
+    }
+
+    /// Waits until the API answers /health (panicking with the log if air-nanny exits first).
+    fn api_up(mut self) -> Self {
+        wait_until("the API to answer /health", Duration::from_secs(20), || {
+            self.check_alive();
+            (self.call("GET", "/health", None).0 == 200).then_some(())
+        });
+        self
     }
 
     pub fn pid(&self) -> i32 {
