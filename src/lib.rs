@@ -30,6 +30,7 @@ pub mod logfile;
 pub mod notify;
 pub mod process;
 pub mod reaper;
+pub mod spawn;
 pub mod store;
 pub mod supervisor;
 pub mod tls;
@@ -184,7 +185,7 @@ fn open_cgroups(settings: &Settings) -> Result<Option<cgroup::Cgroups>, StartupE
         return Ok(None);
     }
     let opened = cgroup::Hierarchy::open(settings.cgroup_base.as_deref()).and_then(|hierarchy| {
-        let monitor = cgroup::Monitor::start().map_err(|e| format!("inotify: {e}"))?;
+        let monitor = cgroup::Monitor::start().map_err(|e| format!("epoll: {e}"))?;
         Ok(cgroup::Cgroups { hierarchy, monitor })
     });
     match opened {

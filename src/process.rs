@@ -313,21 +313,6 @@ pub fn lookup_user(user: &str) -> Result<(u32, u32), String> {
     }
 }
 
-/// Becomes `uid`/`gid` with no supplementary groups, as std's `Command::uid` does. Only
-/// async-signal-safe calls: meant for a child between fork and exec.
-pub fn drop_privileges(uid: u32, gid: u32) -> std::io::Result<()> {
-    // SAFETY: plain system calls on integers; setgroups with a null list of length 0.
-    unsafe {
-        if libc::getuid() == 0 {
-            libc::setgroups(0, std::ptr::null());
-        }
-        if libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 /// Makes the calling process a child subreaper, so that orphans of its descendants (programs that
 /// control scripts daemonise) are reparented to it and their death is seen through SIGCHLD.
 pub fn become_subreaper() -> std::io::Result<()> {
@@ -359,6 +344,12 @@ pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
 
 /// The open-file limit air-nanny was given, when it raised its own: what its children get back.
 static CHILD_NOFILE: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// The open-file limit (soft, hard) children get back, when air-nanny raised its own.
+#[allow(clippy::unnecessary_cast)]
+pub fn child_nofile_limit() -> Option<(u64, u64)> {
+    CHILD_NOFILE.get().map(|l| (l.rlim_cur as u64, l.rlim_max as u64))
+}
 
 /// Makes `cmd`'s process start with the open-file limit air-nanny itself was started with, when
 /// air-nanny raised its own (see [`raise_nofile_limit`]): a program written for `select()` breaks

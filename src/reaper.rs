@@ -85,6 +85,23 @@ impl Waiter {
 
 const RECENT: usize = 64;
 
+impl Table {
+    /// Makes the spawner of `pid` its waiter; a recent exit under that pid was another process's.
+    fn register(&mut self, pid: i32) -> Spawned {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.insert(pid, Waiter::Spawned(tx));
+        self.recent.retain(|(p, _)| *p != pid);
+        Spawned { pid, exit: rx }
+    }
+}
+
+/// systemd's notification and watchdog variables are air-nanny's, not its children's.
+fn scrub_env(cmd: &mut Command) {
+    for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
+        cmd.env_remove(var);
+    }
+}
+
 /// The waiters, process-wide: `waitpid(-1)` reaps any child of the process, so there can only be
 /// one table of who waits for which pid, however many runtimes (tests) start a reaping task.
 static WAITERS: OnceLock<Mutex<Table>> = OnceLock::new();
@@ -115,23 +132,35 @@ impl Reaper {
     /// starts can be signalled together, and a terminal's Ctrl-C never reaches it. The caller must
     /// never wait for it any other way.
     pub fn spawn(&self, cmd: &mut Command) -> io::Result<Spawned> {
-        // systemd's notification and watchdog variables are air-nanny's, not its children's.
-        for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
-            cmd.env_remove(var);
-        }
+        scrub_env(cmd);
         // A process group rather than a pre_exec setsid: std can then use posix_spawn (vfork), which
         // is what keeps a respawn near a millisecond.
         cmd.process_group(0);
         crate::process::restore_nofile_limit_in(cmd);
-        let mut waiters = self.waiters.lock().expect("reaper lock");
+        let mut table = self.waiters.lock().expect("reaper lock");
         let child = cmd.spawn()?;
         let pid = child.id() as i32;
         // Dropping a std Child neither waits nor kills: the reaper owns its exit from here.
         drop(child);
-        let (tx, rx) = oneshot::channel();
-        waiters.waiters.insert(pid, Waiter::Spawned(tx));
-        waiters.recent.retain(|(p, _)| *p != pid);
-        Ok(Spawned { pid, exit: rx })
+        Ok(table.register(pid))
+    }
+
+    /// Like [`Reaper::spawn`], with the child born in the cgroup at `cgroup`, output to `output`,
+    /// and running as `user` (uid, gid) when given: see [`crate::spawn::spawn_into`].
+    pub fn spawn_into(
+        &self,
+        cmd: &mut Command,
+        output: std::os::fd::BorrowedFd<'_>,
+        cgroup: &crate::cgroup::ServiceCgroup,
+        user: Option<(u32, u32)>,
+    ) -> io::Result<Spawned> {
+        scrub_env(cmd);
+        let extras = crate::spawn::Extras { user, nofile: crate::process::child_nofile_limit() };
+        // Under the lock: a child that fails before exec is collected by the spawn itself, and
+        // no reaping may race with that.
+        let mut table = self.waiters.lock().expect("reaper lock");
+        let pid = crate::spawn::spawn_into(cmd, output, cgroup, extras)?;
+        Ok(table.register(pid))
     }
 
     /// The exit of `pid`, a process of a service that air-nanny did not spawn itself (a program a

@@ -1031,6 +1031,10 @@ async fn stop_owned(ctx: &Ctx, o: &Owned) -> Option<String> {
         None => {
             ctx.log.note(&format!("stop: sending {sig}"));
             o.cg.signal(sig);
+            // The members' own exits (pidfds) are seen at once. The cgroup's `populated 0`
+            // notification is not always: the kernel holds back a cgroup's second notification
+            // until 10 ms after its first (a program stopped just after it started, or restarted).
+            process::wait_all_exit(&members, deadline).await;
             if o.cg.wait_empty(Some(&mut events), deadline).await {
                 return fault;
             }
@@ -1100,35 +1104,21 @@ fn spawn_script(ctx: &Ctx, paths: &Resolved, arg: &str) -> Result<crate::reaper:
 /// Spawns `cmd` with its output into the service's log, as `user` (uid, gid) when given, and
 /// inside the service's cgroup when it has one.
 ///
-/// Placement has no window: the child writes `0` into the cgroup's `cgroup.procs` between fork
-/// and exec, before it can run a line of the program or fork (a move after the spawn would leave
-/// behind whatever the child forked first). The privileges are dropped after that write, which
-/// needs root. The cost: std spawns with fork instead of posix_spawn (vfork) when a child runs
-/// code before exec; `clone3(CLONE_INTO_CGROUP)` would avoid that but std cannot spawn with it.
+/// Placement has no window: the child is born in the cgroup (`clone3(CLONE_INTO_CGROUP)`, or
+/// where the kernel lacks it, writes itself into `cgroup.procs` before exec), before it can run a
+/// line of the program or fork (a move after the spawn would leave behind whatever the child
+/// forked first). See `spawn.rs` for why a move is also the slow way.
 fn spawn_logged(ctx: &Ctx, mut cmd: Command, user: Option<(u32, u32)>) -> std::io::Result<crate::reaper::Spawned> {
-    use std::os::unix::process::CommandExt;
     let out = ctx.log.output()?;
+    cmd.env(process::OWNER_VAR, ctx.tag());
+    if let Some(o) = &ctx.owned {
+        return ctx.reaper.spawn_into(&mut cmd, std::os::fd::AsFd::as_fd(&out), &o.cg, user);
+    }
     let err = out.try_clone()?;
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err).env(process::OWNER_VAR, ctx.tag());
-    match (&ctx.owned, user) {
-        (Some(o), user) => {
-            let procs = o.cg.procs_writer()?;
-            // SAFETY: between fork and exec the closure only makes async-signal-safe system calls
-            // (write, setgroups, setgid, setuid) on values it owns.
-            unsafe {
-                cmd.pre_exec(move || {
-                    cgroup::place_self(&procs)?;
-                    if let Some((uid, gid)) = user {
-                        process::drop_privileges(uid, gid)?;
-                    }
-                    Ok(())
-                });
-            }
-        }
-        (None, Some((uid, gid))) => {
-            cmd.uid(uid).gid(gid);
-        }
-        (None, None) => {}
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    if let Some((uid, gid)) = user {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(uid).gid(gid);
     }
     ctx.reaper.spawn(&mut cmd)
 }
