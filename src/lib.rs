@@ -7,7 +7,9 @@
 //! - [`store`]: the one owner of services.json; atomic, power-loss-safe writes ([`atomic`]).
 //! - [`supervisor`]: one task per service behind handles; boot order, restarts, shutdown.
 //! - [`process`]: finding programs in /proc, pidfd waits, process-group signals.
-//! - [`cgroup`]: cgroup v2 discovery and per-service cgroups (not wired into the engine yet).
+//! - [`cgroup`]: cgroup v2 discovery, one cgroup per service and the watch on their events.
+//! - [`spawn`]: children born in their service's cgroup (`clone3(CLONE_INTO_CGROUP)`).
+//! - [`ledger`]: the fallback mode's record of each service's processes.
 //! - [`reaper`]: the single owner of `waitpid`; every child is spawned through it.
 //! - [`health`]: one health probe (CMD, CMD-SHELL, HTTP, TCP).
 //! - [`logfile`]: size-rotated per-service logs.

@@ -216,6 +216,36 @@ impl Prepared {
 
     /// Forks (as `birth` says), runs the child's steps and waits until it has exec'd or failed.
     fn run(&self, birth: Birth<'_>) -> Result<i32, SpawnError> {
+        let launch = self.launch(birth)?;
+        let (pid, mut r) = (launch.pid, File::from(launch.report));
+        let mut report = [0u8; REPORT];
+        let mut got = 0;
+        while got < report.len() {
+            match io::Read::read(&mut r, &mut report[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Cannot tell whether it exec'd: make sure it does not run unknown.
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    reap(pid);
+                    return Err(SpawnError::Child(e));
+                }
+            }
+        }
+        match decode(&report[..got]) {
+            Ok(()) => Ok(pid),
+            Err(e) => {
+                // The child failed or was killed before exec, and exits at once: collect it here,
+                // so that no zombie and no stray exit is left for the reaper.
+                reap(pid);
+                Err(e)
+            }
+        }
+    }
+
+    /// Forks (as `birth` says) a child that runs its steps and execs; returns at once.
+    fn launch(&self, birth: Birth<'_>) -> Result<Launch, SpawnError> {
         let mut ptrs_argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
         ptrs_argv.push(std::ptr::null());
         let mut ptrs_envp: Vec<*const libc::c_char> = self.envp.iter().map(|a| a.as_ptr()).collect();
@@ -250,50 +280,7 @@ impl Prepared {
         if pid < 0 {
             return Err(SpawnError::Clone(io::Error::last_os_error()));
         }
-        let pid = pid as i32;
-        drop(report_w);
-        // RUNNING, then end of file at the exec, or 8 bytes of failure report; nothing at all when
-        // the child was killed before it ran.
-        let mut report = [0u8; 9];
-        let mut got = 0;
-        let mut r = File::from(report_r);
-        while got < report.len() {
-            match io::Read::read(&mut r, &mut report[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Cannot tell whether it exec'd: make sure it does not run unknown.
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                    reap(pid);
-                    return Err(SpawnError::Child(e));
-                }
-            }
-        }
-        if got == 1 && report[0] == RUNNING {
-            return Ok(pid);
-        }
-        // The child failed or was killed before exec, and exits at once: collect it here, so that
-        // no zombie and no stray exit is left for the reaper.
-        reap(pid);
-        if got == 0 {
-            return Err(SpawnError::KilledAtBirth);
-        }
-        if got < report.len() || report[0] != RUNNING {
-            return Err(SpawnError::Child(io::Error::other("the child's error report was cut short")));
-        }
-        let report = &report[1..];
-        let stage = u32::from_ne_bytes(report[..4].try_into().unwrap_or_default());
-        let errno = i32::from_ne_bytes(report[4..].try_into().unwrap_or_default());
-        let os = io::Error::from_raw_os_error(errno);
-        if stage == Stage::Exec as u32 {
-            return Err(SpawnError::Child(os));
-        }
-        let what = Stage::describe(stage);
-        if stage == Stage::Cgroup as u32 {
-            return Err(SpawnError::Clone(io::Error::new(os.kind(), format!("{what}: {os}"))));
-        }
-        Err(SpawnError::Child(io::Error::new(os.kind(), format!("{what}: {os}"))))
+        Ok(Launch { pid: pid as i32, report: report_r })
     }
 
     /// The child between fork and exec. Only system calls, on memory prepared before the fork.
@@ -378,6 +365,119 @@ unsafe fn report_and_exit(report: RawFd, stage: Stage) -> ! {
 use libc::{SYS_setgroups as SYS_SETGROUPS, SYS_setresgid as SYS_SETRESGID, SYS_setresuid as SYS_SETRESUID};
 #[cfg(target_arch = "arm")]
 use libc::{SYS_setgroups32 as SYS_SETGROUPS, SYS_setresgid32 as SYS_SETRESGID, SYS_setresuid32 as SYS_SETRESUID};
+
+/// The length of a failure report: RUNNING, the stage and the errno.
+const REPORT: usize = 9;
+
+/// What a child's report pipe said when it closed: RUNNING alone is an exec.
+fn decode(report: &[u8]) -> Result<(), SpawnError> {
+    if report == [RUNNING] {
+        return Ok(());
+    }
+    if report.is_empty() {
+        return Err(SpawnError::KilledAtBirth);
+    }
+    if report.len() < REPORT || report[0] != RUNNING {
+        return Err(SpawnError::Child(io::Error::other("the child's error report was cut short")));
+    }
+    let stage = u32::from_ne_bytes(report[1..5].try_into().unwrap_or_default());
+    let errno = i32::from_ne_bytes(report[5..9].try_into().unwrap_or_default());
+    let os = io::Error::from_raw_os_error(errno);
+    if stage == Stage::Exec as u32 {
+        return Err(SpawnError::Child(os));
+    }
+    let what = Stage::describe(stage);
+    if stage == Stage::Cgroup as u32 {
+        return Err(SpawnError::Clone(io::Error::new(os.kind(), format!("{what}: {os}"))));
+    }
+    Err(SpawnError::Child(io::Error::new(os.kind(), format!("{what}: {os}"))))
+}
+
+/// A child forked into its cgroup and on its way to exec: [`Launch::exec`] says how that went.
+/// The caller must have the child reaped either way (a failed child exits at once).
+pub struct Launch {
+    pub pid: i32,
+    report: OwnedFd,
+}
+
+/// Why a launched child did not exec.
+#[derive(Debug)]
+pub enum ExecError {
+    /// Killed before it ran a single instruction (its cgroup had been killed: see the module
+    /// documentation); nothing of it ran, so it may be launched again by the move path.
+    KilledAtBirth,
+    Failed(io::Error),
+}
+
+impl From<ExecError> for io::Error {
+    fn from(e: ExecError) -> io::Error {
+        match e {
+            ExecError::KilledAtBirth => SpawnError::KilledAtBirth.into(),
+            ExecError::Failed(e) => e,
+        }
+    }
+}
+
+impl Launch {
+    /// Waits, without blocking the thread, until the child has exec'd (`Ok`) or failed.
+    pub async fn exec(self) -> Result<(), ExecError> {
+        // SAFETY: fcntl on the pipe's read end, which we own.
+        if unsafe { libc::fcntl(self.report.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+            return Err(ExecError::Failed(io::Error::last_os_error()));
+        }
+        // SAFETY: the AsyncFd takes ownership of the file, so the descriptor stays open (and is
+        // the same file) for as long as it is registered.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(File::from(self.report), tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| ExecError::Failed(e.into()))?;
+        let mut report = [0u8; REPORT];
+        let mut got = 0;
+        while got < report.len() {
+            let mut guard = fd.readable().await.map_err(ExecError::Failed)?;
+            match guard.try_io(|f| io::Read::read(&mut f.get_ref(), &mut report[got..])) {
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => got += n,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(ExecError::Failed(e)),
+                Err(_would_block) => {}
+            }
+        }
+        match decode(&report[..got]) {
+            Ok(()) => Ok(()),
+            Err(SpawnError::KilledAtBirth) => Err(ExecError::KilledAtBirth),
+            Err(e) => Err(ExecError::Failed(e.into())),
+        }
+    }
+}
+
+/// Like [`spawn_into`], but returns as soon as the child is forked: the runtime thread does not
+/// wait for the exec (half a millisecond each, which a shutdown running a hundred stop commands
+/// paid one after another). A child killed at birth is the caller's to launch again
+/// ([`ExecError::KilledAtBirth`]) after [`ServiceCgroup::mark_killed`].
+pub fn launch_into(
+    cmd: &Command,
+    output: BorrowedFd<'_>,
+    cgroup: &ServiceCgroup,
+    extras: Extras,
+) -> io::Result<Launch> {
+    let prepared = Prepared::new(cmd, output, extras)?;
+    if !NO_CLONE_INTO_CGROUP.load(Ordering::Relaxed) && !cgroup.was_killed() {
+        let dir = File::open(cgroup.dir())?;
+        match prepared.launch(Birth::Into(dir.as_fd())) {
+            Err(e) if clone3_missing(&e) => {
+                tracing::info!(
+                    "clone3(CLONE_INTO_CGROUP) is not available ({}): children move into their cgroups",
+                    io::Error::from(e)
+                );
+                NO_CLONE_INTO_CGROUP.store(true, Ordering::Relaxed);
+            }
+            other => return other.map_err(io::Error::from),
+        }
+    }
+    let procs = std::fs::OpenOptions::new().write(true).open(cgroup.dir().join("cgroup.procs"))?;
+    prepared.launch(Birth::Move(procs.as_fd())).map_err(io::Error::from)
+}
 
 fn invalid(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg.to_string())

@@ -783,7 +783,7 @@ async fn start_script(ctx: &Ctx, paths: &Resolved, token: &CancellationToken) ->
     let program = paths.program.as_path();
     let command = ctx.info.script.start_command.clone();
     ctx.log.note(&format!("start: {} {command}", script.display()));
-    let spawned = match spawn_script(ctx, paths, &command) {
+    let spawned = match spawn_script(ctx, paths, &command).await {
         Ok(s) => s,
         Err(e) => return StartOutcome::Failed(e),
     };
@@ -1073,7 +1073,7 @@ fn stop_signal(info: &ServiceInfo) -> Signal {
 /// Runs the control script with `arg`, output to the service log, killed with its group at
 /// `deadline`. It runs as resolved, in the resolved working directory.
 async fn run_script(ctx: &Ctx, paths: &Resolved, arg: &str, deadline: Instant) -> Result<Exit, String> {
-    let spawned = spawn_script(ctx, paths, arg)?;
+    let spawned = spawn_script(ctx, paths, arg).await?;
     let script = paths.script.as_deref().unwrap_or(Path::new("")).display().to_string();
     match tokio::time::timeout_at(deadline, spawned.exit).await {
         Ok(Ok(exit)) => {
@@ -1088,7 +1088,7 @@ async fn run_script(ctx: &Ctx, paths: &Resolved, arg: &str, deadline: Instant) -
     }
 }
 
-fn spawn_script(ctx: &Ctx, paths: &Resolved, arg: &str) -> Result<crate::reaper::Spawned, String> {
+async fn spawn_script(ctx: &Ctx, paths: &Resolved, arg: &str) -> Result<crate::reaper::Spawned, String> {
     let Some(script) = paths.script.as_deref() else { return Err("no control script (direct mode)".into()) };
     let mut cmd = Command::new(script);
     if !arg.is_empty() {
@@ -1097,8 +1097,17 @@ fn spawn_script(ctx: &Ctx, paths: &Resolved, arg: &str) -> Result<crate::reaper:
     cmd.current_dir(&paths.work_dir)
         .env("AIR_NANNY_SERVICE", &ctx.info.name)
         .env("AIR_NANNY_PROGRAM", &paths.program)
-        .env("AIR_NANNY_ROOTPATH", &ctx.settings.rootpath);
-    spawn_logged(ctx, cmd, None).map_err(|e| spawn_error("script.execPath", script, &paths.work_dir, e))
+        .env("AIR_NANNY_ROOTPATH", &ctx.settings.rootpath)
+        .env(process::OWNER_VAR, ctx.tag());
+    let spawned = match &ctx.owned {
+        // In the cgroup, without holding up the runtime until the script has exec'd.
+        Some(o) => match ctx.log.output() {
+            Ok(out) => ctx.reaper.launch_into(&mut cmd, std::os::fd::AsFd::as_fd(&out), &o.cg, None).await,
+            Err(e) => Err(e),
+        },
+        None => spawn_logged(ctx, cmd, None),
+    };
+    spawned.map_err(|e| spawn_error("script.execPath", script, &paths.work_dir, e))
 }
 
 /// Spawns `cmd` with its output into the service's log, as `user` (uid, gid) when given, and
