@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -286,6 +286,101 @@ pub async fn wait_exit(pid: i32) {
     }
 }
 
+/// A process held by a pidfd (Linux ≥ 5.3): signals and waits reach exactly the process that had
+/// the pid when it was held, also after it died and the pid went to another (pid_max is 32768 on
+/// armv7). Without pidfds (older kernels) it falls back to the number.
+#[derive(Debug)]
+pub struct Held {
+    pid: i32,
+    fd: Option<OwnedFd>,
+}
+
+impl Held {
+    /// Holds the process that has `pid` now; `None` when there is none (or it is air-nanny or
+    /// init). The caller checks *after* holding that it is the process it meant (its exe, its tag):
+    /// then the hold is exact.
+    pub fn open(pid: i32) -> Option<Held> {
+        if pid <= 1 || pid == std::process::id() as i32 {
+            return None;
+        }
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd >= 0 {
+            // SAFETY: the kernel just handed us this fd; nothing else owns it.
+            return Some(Held { pid, fd: Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }) });
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::ESRCH) => None,
+            _ => is_alive(pid).then_some(Held { pid, fd: None }),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Sends `sig` (or only checks, with `None`); false when the process is gone.
+    pub fn signal(&self, sig: Option<Signal>) -> bool {
+        let Some(fd) = &self.fd else { return kill(Pid::from_raw(self.pid), sig).is_ok() };
+        let sig = sig.map_or(0, |s| s as i32);
+        // SAFETY: pidfd_send_signal on our pidfd, with no siginfo.
+        unsafe {
+            libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0) == 0
+        }
+    }
+
+    /// Alive, and not a zombie (while it is a zombie its pid is still its own).
+    pub fn is_alive(&self) -> bool {
+        self.signal(None) && !is_zombie(self.pid)
+    }
+
+    /// Its process group, while it is alive.
+    pub fn group(&self) -> Option<i32> {
+        if self.is_alive() {
+            pgid_of(self.pid)
+        } else {
+            None
+        }
+    }
+
+    /// Waits until it has exited (a zombie counts as exited).
+    pub async fn exited(&self) {
+        if let Some(fd) = self.fd.as_ref().and_then(|fd| fd.try_clone().ok()) {
+            // SAFETY: the AsyncFd owns this duplicate for its whole life.
+            if let Ok(afd) = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
+                if let Ok(mut guard) = afd.readable().await {
+                    guard.retain_ready();
+                }
+                return;
+            }
+        }
+        while self.is_alive() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Holds each of `pids` that is alive.
+pub fn hold_all(pids: &[i32]) -> Vec<Held> {
+    pids.iter().filter_map(|&p| Held::open(p)).collect()
+}
+
+/// Sends `sig` to each held process and to its process group (guarded as in [`signal_group`]).
+pub fn signal_held(held: &[Held], sig: Signal) {
+    for h in held {
+        if let Some(pgid) = h.group() {
+            signal_group(pgid, sig);
+        }
+        h.signal(Some(sig));
+    }
+}
+
+/// Waits until every held process has exited, or `deadline` passes. True when all are gone.
+pub async fn wait_held(held: &[Held], deadline: Instant) -> bool {
+    let all = futures_util::future::join_all(held.iter().map(Held::exited));
+    tokio::time::timeout_at(deadline, all).await.is_ok()
+}
+
 /// Waits until every pid has exited, or `deadline` passes. True when all are gone.
 pub async fn wait_all_exit(pids: &[i32], deadline: Instant) -> bool {
     let all = futures_util::future::join_all(pids.iter().map(|&p| wait_exit(p)));
@@ -372,6 +467,7 @@ pub fn restore_nofile_limit_in(cmd: &mut std::process::Command) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::CommandExt;
     use std::sync::Arc;
 
     fn wait_for_gone(pid: i32) {
@@ -379,6 +475,45 @@ mod tests {
         while is_alive(pid) && std::time::Instant::now() < deadline {
             std::thread::yield_now();
         }
+    }
+
+    /// The pid of a held process that died is given to another process (forced through
+    /// ns_last_pid, as root): the hold reaches neither that process nor its group, and says gone.
+    #[test]
+    fn a_held_process_whose_pid_was_reused_is_never_signalled() {
+        let mut reused = None;
+        for _ in 0..50 {
+            let mut a = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+            let pid = a.id() as i32;
+            let held = Held::open(pid).unwrap();
+            assert!(held.is_alive());
+            a.kill().unwrap();
+            // (A reaper test running beside this one may collect it first.)
+            let _ = a.wait();
+            // Ask the kernel to give the same pid to the next process.
+            if std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).is_err() {
+                eprintln!("!!! cannot write ns_last_pid (not root?): pid reuse test skipped");
+                return;
+            }
+            let b = std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+            if b.id() as i32 == pid {
+                reused = Some((held, b));
+                break;
+            }
+            let mut b = b;
+            b.kill().unwrap();
+            let _ = b.wait();
+        }
+        let (held, mut b) = reused.expect("the pid was never reused in 50 tries");
+        assert!(!held.is_alive());
+        assert_eq!(held.group(), None);
+        assert!(!held.signal(Some(Signal::SIGKILL)));
+        signal_held(std::slice::from_ref(&held), Signal::SIGKILL);
+        // The new owner of the pid lives on.
+        assert!(b.try_wait().unwrap().is_none(), "the process that reused the pid was signalled");
+        assert!(is_alive(b.id() as i32));
+        b.kill().unwrap();
+        let _ = b.wait();
     }
 
     #[test]

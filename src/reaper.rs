@@ -192,6 +192,17 @@ impl Reaper {
         }
     }
 
+    /// Holds `pid`, a child spawned through this reaper, by a pidfd: exact, because a child whose
+    /// exit has not been collected keeps its pid (the lock keeps the reaper from collecting it
+    /// meanwhile). `None` once it has been reaped.
+    pub fn hold(&self, pid: i32) -> Option<crate::process::Held> {
+        let table = self.waiters.lock().expect("reaper lock");
+        if !table.waiters.contains_key(&pid) {
+            return None;
+        }
+        crate::process::Held::open(pid)
+    }
+
     /// The exit of `pid`, a process of a service that air-nanny did not spawn itself (a program a
     /// control script daemonised: air-nanny, as subreaper, reaps it when it dies). `None` when
     /// someone already waits for it. The receiver fails if the process is reaped by someone else

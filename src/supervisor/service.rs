@@ -26,7 +26,7 @@ use crate::config::{Probe, Resolved, ServiceInfo, Settings};
 use crate::health;
 use crate::ledger::Ledger;
 use crate::logfile::ServiceLog;
-use crate::process::{self, ProcTable};
+use crate::process::{self, Held, ProcTable};
 use crate::reaper::{Exit, Reaper};
 
 /// Requests and events a service task can hold before a request is refused as busy. The task
@@ -206,6 +206,7 @@ pub fn spawn(
         owned,
         ledger,
         child: None,
+        held: Vec::new(),
         start_token: None,
         run_token: None,
         start_waiters: Vec::new(),
@@ -300,6 +301,9 @@ struct ServiceTask {
     ledger: Option<Arc<Ledger>>,
     /// A direct-mode child's exit, from its start until it is watched.
     child: Option<(i32, oneshot::Receiver<Exit>)>,
+    /// Without cgroups: the run's processes held by pidfds since the spawn (a direct child) or
+    /// since they were found, so that its stop signals exactly them.
+    held: Vec<Held>,
     start_token: Option<CancellationToken>,
     /// Cancels the watchers and probes of the current run.
     run_token: Option<CancellationToken>,
@@ -558,6 +562,7 @@ impl ServiceTask {
     fn start(&mut self, gen: u64, lookup: Lookup) -> Option<Input> {
         self.cancel_run();
         self.child = None;
+        self.held.clear();
         let paths = match self.resolve_for_start() {
             Ok(p) => p,
             Err(reason) => return Some(Input::Started { gen, outcome: StartOutcome::Failed(reason) }),
@@ -595,6 +600,9 @@ impl ServiceTask {
             let outcome = match start_direct(&ctx, &paths) {
                 Ok(spawned) => {
                     tracing::info!(service = %self.info.name, pid = spawned.pid, "running");
+                    if self.owned.is_none() {
+                        self.held.extend(self.reaper.hold(spawned.pid));
+                    }
                     let pids = vec![spawned.pid];
                     self.child = Some((spawned.pid, spawned.exit));
                     StartOutcome::Running { pids, adopted: false }
@@ -622,12 +630,13 @@ impl ServiceTask {
     /// Stops `pids` (and the program wherever `lookup` finds it) beside the task.
     fn stop(&mut self, gen: u64, pids: Vec<i32>, lookup: Lookup) {
         self.cancel_run();
-        // The reaper still reaps the child; a stop waits on its pid.
+        // The reaper still reaps the child; a stop waits on it through its pidfd.
         self.child = None;
+        let held = std::mem::take(&mut self.held);
         let ctx = self.ctx();
         let Some(tx) = self.events.0.upgrade() else { return };
         tokio::spawn(async move {
-            let fault = stop(&ctx, pids, lookup).await;
+            let fault = stop(&ctx, pids, lookup, held).await;
             let _ = tx.send(Msg::Event(Box::new(Input::Stopped { gen, fault }))).await;
         });
     }
@@ -657,6 +666,18 @@ impl ServiceTask {
                 }
             });
             return;
+        }
+        // Each process of the run held from now on (a direct child since its spawn): held, then
+        // checked to be the program, so the hold is exact.
+        let program = self.program_path();
+        for &pid in pids {
+            if !self.held.iter().any(|h| h.pid() == pid) {
+                if let Some(h) = Held::open(pid) {
+                    if !process::program_among(&[pid], &program).is_empty() {
+                        self.held.push(h);
+                    }
+                }
+            }
         }
         for &pid in pids {
             let (tx, token) = (self.events.clone(), token.clone());
@@ -879,7 +900,7 @@ async fn wait_program_in(
 /// Stops the program: stop command (script mode) or stop signal (direct mode), bounded by the stop
 /// timeout; then SIGTERM and SIGKILL by process group for whatever is left. Returns the fault when
 /// force was needed or the stop command failed.
-async fn stop(ctx: &Ctx, mut pids: Vec<i32>, lookup: Lookup) -> Option<String> {
+async fn stop(ctx: &Ctx, mut pids: Vec<i32>, lookup: Lookup, held: Vec<Held>) -> Option<String> {
     if let Some(o) = &ctx.owned {
         return stop_owned(ctx, o).await;
     }
@@ -900,26 +921,44 @@ async fn stop(ctx: &Ctx, mut pids: Vec<i32>, lookup: Lookup) -> Option<String> {
             pids.push(p);
         }
     }
-    if pids.is_empty() {
+    // From here on every signal and wait goes through pidfds: those held since the spawn or the
+    // start of the run, and the ones found now, held at once (and checked below).
+    let mut program_held: Vec<Held> = held.into_iter().filter(|h| pids.contains(&h.pid()) && h.is_alive()).collect();
+    for &p in &pids {
+        if !program_held.iter().any(|h| h.pid() == p) {
+            program_held.extend(Held::open(p));
+        }
+    }
+    if program_held.is_empty() {
         return None;
     }
     // Descendants that left the process group (setsid) and were reparented: found by the tag
     // every process of the service inherits, and stopped after the program.
     let tag = ctx.tag();
-    let mut extras: Vec<i32> =
-        process::shared_scan().await.tagged(&tag).into_iter().filter(|p| !pids.contains(p)).collect();
+    let mut extras: Vec<Held> = process::hold_all(
+        &process::shared_scan().await.tagged(&tag).into_iter().filter(|p| !pids.contains(p)).collect::<Vec<_>>(),
+    );
     if !info.is_direct() {
         // A pid seen as the program a moment ago may be something else now (a daemon caught
         // between its fork and its exec of another binary): that is stopped as a descendant, not
-        // waited for as the program.
-        let now_program = process::program_among(&pids, &program);
-        extras.extend(pids.iter().copied().filter(|p| !now_program.contains(p) && process::is_alive(*p)));
-        pids = now_program;
-        if pids.is_empty() && extras.is_empty() {
+        // waited for as the program. Checked after holding: the holds are exact.
+        let now: Vec<i32> = program_held.iter().map(Held::pid).collect();
+        let now_program = process::program_among(&now, &program);
+        let (prog, other): (Vec<Held>, Vec<Held>) =
+            program_held.into_iter().partition(|h| now_program.contains(&h.pid()));
+        program_held = prog;
+        extras.extend(other.into_iter().filter(Held::is_alive));
+        if program_held.is_empty() && extras.is_empty() {
             return None;
         }
     }
-    let groups: Vec<i32> = pids.iter().filter_map(|p| process::pgid_of(*p)).collect();
+    // The process groups to clear at the end, each with its leader held: a group is signalled by
+    // number only while its leader (or one of the held processes in it) shows it still exists.
+    let groups: Vec<(i32, Option<Held>)> = {
+        let mut g: Vec<i32> = program_held.iter().filter_map(Held::group).collect();
+        g.dedup();
+        g.into_iter().map(|pgid| (pgid, Held::open(pgid))).collect()
+    };
     let timeout = ctx.settings.stop_timeout_of(info);
     let deadline = Instant::now() + timeout;
     let mut fault: Option<String> = None;
@@ -930,17 +969,17 @@ async fn stop(ctx: &Ctx, mut pids: Vec<i32>, lookup: Lookup) -> Option<String> {
         None => {
             let sig = stop_signal(info);
             ctx.log.note(&format!("stop: sending {sig}"));
-            process::signal_all(&pids, sig);
+            process::signal_held(&program_held, sig);
         }
     }
-    let mut gone = process::wait_all_exit(&pids, deadline).await;
-    let mut left: Vec<i32> = pids.iter().copied().filter(|p| process::is_alive(*p)).collect();
+    let mut gone = process::wait_held(&program_held, deadline).await;
+    let mut left: Vec<Held> = program_held.into_iter().filter(Held::is_alive).collect();
     // A daemonised program may live on under another pid (a re-exec, a fork); a direct-mode child
     // is the program itself, and its process group is killed below.
     if !info.is_direct() {
         for p in ctx.not_others(process::shared_scan().await.find(&program)) {
-            if !left.contains(&p) && process::is_alive(p) {
-                left.push(p);
+            if !left.iter().any(|h| h.pid() == p) {
+                left.extend(Held::open(p).filter(Held::is_alive));
             }
         }
     }
@@ -950,32 +989,40 @@ async fn stop(ctx: &Ctx, mut pids: Vec<i32>, lookup: Lookup) -> Option<String> {
         ctx.log.note(&why);
         fault.get_or_insert(why);
         if !info.is_direct() || left.len() > 1 {
-            process::signal_all(&left, Signal::SIGTERM);
-            if !process::wait_all_exit(&left, Instant::now() + ctx.settings.kill_grace).await {
-                process::signal_all(&left, Signal::SIGKILL);
+            process::signal_held(&left, Signal::SIGTERM);
+            if !process::wait_held(&left, Instant::now() + ctx.settings.kill_grace).await {
+                process::signal_held(&left, Signal::SIGKILL);
             }
         } else {
-            process::signal_all(&left, Signal::SIGKILL);
+            process::signal_held(&left, Signal::SIGKILL);
         }
-        process::wait_all_exit(&left, Instant::now() + Duration::from_secs(5)).await;
+        process::wait_held(&left, Instant::now() + Duration::from_secs(5)).await;
     }
     // Nothing of the service may outlive its stop: helpers left in its process groups too, and
     // its detached descendants (the stop signal, then SIGKILL).
-    for g in groups {
-        process::signal_group(g, Signal::SIGKILL);
-    }
-    for p in process::shared_scan().await.tagged(&tag) {
-        if !extras.contains(&p) {
-            extras.push(p);
+    for (pgid, leader) in &groups {
+        let exists = leader.as_ref().is_some_and(|l| l.signal(None))
+            || extras.iter().chain(&left).any(|h| h.group() == Some(*pgid));
+        if exists {
+            process::signal_group(*pgid, Signal::SIGKILL);
         }
     }
+    let late: Vec<i32> = process::shared_scan()
+        .await
+        .tagged(&tag)
+        .into_iter()
+        .filter(|p| !extras.iter().any(|h| h.pid() == *p))
+        .collect();
+    extras.extend(process::hold_all(&late));
+    extras.retain(Held::is_alive);
     if !extras.is_empty() {
         let sig = stop_signal(info);
-        ctx.log.note(&format!("stop: sending {sig} to detached processes {extras:?}"));
-        process::signal_all(&extras, sig);
-        if !process::wait_all_exit(&extras, Instant::now() + ctx.settings.kill_grace).await {
-            process::signal_all(&extras, Signal::SIGKILL);
-            process::wait_all_exit(&extras, Instant::now() + Duration::from_secs(5)).await;
+        let pids: Vec<i32> = extras.iter().map(Held::pid).collect();
+        ctx.log.note(&format!("stop: sending {sig} to detached processes {pids:?}"));
+        process::signal_held(&extras, sig);
+        if !process::wait_held(&extras, Instant::now() + ctx.settings.kill_grace).await {
+            process::signal_held(&extras, Signal::SIGKILL);
+            process::wait_held(&extras, Instant::now() + Duration::from_secs(5)).await;
         }
     }
     fault
