@@ -145,26 +145,10 @@ impl Reaper {
         Ok(table.register(pid))
     }
 
-    /// Like [`Reaper::spawn`], with the child born in the cgroup at `cgroup`, output to `output`,
-    /// and running as `user` (uid, gid) when given: see [`crate::spawn::spawn_into`].
-    pub fn spawn_into(
-        &self,
-        cmd: &mut Command,
-        output: std::os::fd::BorrowedFd<'_>,
-        cgroup: &crate::cgroup::ServiceCgroup,
-        user: Option<(u32, u32)>,
-    ) -> io::Result<Spawned> {
-        scrub_env(cmd);
-        let extras = crate::spawn::Extras { user, nofile: crate::process::child_nofile_limit() };
-        // Under the lock: a child that fails before exec is collected by the spawn itself, and
-        // no reaping may race with that.
-        let mut table = self.waiters.lock().expect("reaper lock");
-        let pid = crate::spawn::spawn_into(cmd, output, cgroup, extras)?;
-        Ok(table.register(pid))
-    }
-
-    /// Like [`Reaper::spawn_into`], without blocking the thread until the child has exec'd: for
-    /// control scripts, of which a shutdown runs many at once.
+    /// Spawns `cmd` born in `cgroup` (see [`crate::spawn::launch_into`]), output to `output`, as
+    /// `user` (uid, gid) when given, in its own process group like [`Reaper::spawn`]. Awaits the
+    /// exec without blocking the thread: a boot or a shutdown forks the next child while the last
+    /// one execs.
     pub async fn launch_into(
         &self,
         cmd: &mut Command,

@@ -69,6 +69,10 @@ pub struct Extras {
 ///
 /// `cmd`'s stdio settings and `pre_exec` closures are not used; the child always gets a new
 /// process group and the default SIGPIPE disposition, as std gives it.
+///
+/// The blocking form of [`launch_into`], for tests (air-nanny itself never waits for an exec on
+/// its runtime thread).
+#[cfg(test)]
 pub fn spawn_into(cmd: &Command, output: BorrowedFd<'_>, cgroup: &ServiceCgroup, extras: Extras) -> io::Result<i32> {
     let prepared = Prepared::new(cmd, output, extras)?;
     if !NO_CLONE_INTO_CGROUP.load(Ordering::Relaxed) && !cgroup.was_killed() {
@@ -215,6 +219,7 @@ impl Prepared {
     }
 
     /// Forks (as `birth` says), runs the child's steps and waits until it has exec'd or failed.
+    #[cfg(test)]
     fn run(&self, birth: Birth<'_>) -> Result<i32, SpawnError> {
         let launch = self.launch(birth)?;
         let (pid, mut r) = (launch.pid, File::from(launch.report));
@@ -541,6 +546,7 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Waits for a child that failed before exec (it exits at once).
+#[cfg(test)]
 fn reap(pid: i32) {
     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
 }

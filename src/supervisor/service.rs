@@ -206,6 +206,7 @@ pub fn spawn(
         owned,
         ledger,
         child: None,
+        launched: Arc::default(),
         held: Vec::new(),
         start_token: None,
         run_token: None,
@@ -281,6 +282,9 @@ impl Ctx {
     }
 }
 
+/// Where a direct-mode child launched beside the task waits for its run's watch: (run, pid, exit).
+type LaunchSlot = Arc<std::sync::Mutex<Option<(u64, i32, oneshot::Receiver<Exit>)>>>;
+
 struct ServiceTask {
     settings: Arc<Settings>,
     reaper: Reaper,
@@ -301,6 +305,9 @@ struct ServiceTask {
     ledger: Option<Arc<Ledger>>,
     /// A direct-mode child's exit, from its start until it is watched.
     child: Option<(i32, oneshot::Receiver<Exit>)>,
+    /// A direct-mode child launched beside the task (with cgroups): (run, pid, exit), taken by
+    /// the run's watch.
+    launched: LaunchSlot,
     /// Without cgroups: the run's processes held by pidfds since the spawn (a direct child) or
     /// since they were found, so that its stop signals exactly them.
     held: Vec<Held>,
@@ -596,6 +603,25 @@ impl ServiceTask {
             return Some(Input::Started { gen, outcome: StartOutcome::Running { pids: found, adopted: true } });
         }
         let ctx = self.ctx();
+        if self.info.is_direct() && self.owned.is_some() {
+            // Forked into the cgroup beside the task, the exec confirmed without holding up the
+            // runtime: a boot forks the next program while the last one execs.
+            let (slot, name) = (self.launched.clone(), self.info.name.clone());
+            let tx = self.events.0.upgrade()?;
+            tokio::spawn(async move {
+                let outcome = match launch_direct(&ctx, &paths).await {
+                    Ok(spawned) => {
+                        tracing::info!(service = %name, pid = spawned.pid, "running");
+                        let pid = spawned.pid;
+                        *slot.lock().expect("launch slot") = Some((gen, pid, spawned.exit));
+                        StartOutcome::Running { pids: vec![pid], adopted: false }
+                    }
+                    Err(reason) => StartOutcome::Failed(reason),
+                };
+                let _ = tx.send(Msg::Event(Box::new(Input::Started { gen, outcome }))).await;
+            });
+            return None;
+        }
         if self.info.is_direct() {
             let outcome = match start_direct(&ctx, &paths) {
                 Ok(spawned) => {
@@ -646,6 +672,12 @@ impl ServiceTask {
         if let Some(o) = self.owned.clone() {
             // The program's death is its cgroup emptying. A direct-mode child's own exit (with
             // its status) comes from the reaper and ends the run first.
+            let launched = self.launched.lock().expect("launch slot").take();
+            if let Some((g, pid, exit)) = launched {
+                if g == gen {
+                    self.child = Some((pid, exit));
+                }
+            }
             let child = self.child.take();
             let report_empty = child.is_none();
             if let Some((child, exit)) = child {
@@ -783,15 +815,34 @@ async fn watch_cgroup(o: Owned, reaper: Reaper, gen: u64, first: Vec<i32>, repor
     tx.send(Input::Emptied { gen, exit: last.map(|r| r.exit.to_string()) }).await;
 }
 
-fn start_direct(ctx: &Ctx, paths: &Resolved) -> Result<crate::reaper::Spawned, String> {
+/// Direct mode: the program's command, and the user to run it as.
+fn direct_command(ctx: &Ctx, paths: &Resolved) -> Result<(Command, Option<(u32, u32)>), String> {
     let s = &ctx.info.script;
     let program = paths.program.as_path();
     let mut cmd = Command::new(program);
-    cmd.args(&s.args).envs(&s.env).env("AIR_NANNY_SERVICE", &ctx.info.name);
+    cmd.args(&s.args).envs(&s.env).env("AIR_NANNY_SERVICE", &ctx.info.name).env(process::OWNER_VAR, ctx.tag());
     cmd.current_dir(&paths.work_dir);
     let user = s.user.as_deref().map(process::lookup_user).transpose()?;
     ctx.log.note(&format!("start: {} {}", program.display(), s.args.join(" ")));
-    spawn_logged(ctx, cmd, user).map_err(|e| spawn_error("script.programFilePath", program, &paths.work_dir, e))
+    Ok((cmd, user))
+}
+
+/// Direct mode without cgroups: the program as the service's child, at once (std's posix_spawn).
+fn start_direct(ctx: &Ctx, paths: &Resolved) -> Result<crate::reaper::Spawned, String> {
+    let (cmd, user) = direct_command(ctx, paths)?;
+    spawn_logged(ctx, cmd, user).map_err(|e| spawn_error("script.programFilePath", &paths.program, &paths.work_dir, e))
+}
+
+/// Direct mode with cgroups: the program forked into its cgroup, its exec awaited beside the
+/// runtime.
+async fn launch_direct(ctx: &Ctx, paths: &Resolved) -> Result<crate::reaper::Spawned, String> {
+    let Some(o) = &ctx.owned else { return start_direct(ctx, paths) };
+    let (mut cmd, user) = direct_command(ctx, paths)?;
+    let launched = match ctx.log.output() {
+        Ok(out) => ctx.reaper.launch_into(&mut cmd, std::os::fd::AsFd::as_fd(&out), &o.cg, user).await,
+        Err(e) => Err(e),
+    };
+    launched.map_err(|e| spawn_error("script.programFilePath", &paths.program, &paths.work_dir, e))
 }
 
 /// Script mode: runs the start command, then waits for the program to appear. Cancelled (a stop,
@@ -1157,19 +1208,11 @@ async fn spawn_script(ctx: &Ctx, paths: &Resolved, arg: &str) -> Result<crate::r
     spawned.map_err(|e| spawn_error("script.execPath", script, &paths.work_dir, e))
 }
 
-/// Spawns `cmd` with its output into the service's log, as `user` (uid, gid) when given, and
-/// inside the service's cgroup when it has one.
-///
-/// Placement has no window: the child is born in the cgroup (`clone3(CLONE_INTO_CGROUP)`, or
-/// where the kernel lacks it, writes itself into `cgroup.procs` before exec), before it can run a
-/// line of the program or fork (a move after the spawn would leave behind whatever the child
-/// forked first). See `spawn.rs` for why a move is also the slow way.
+/// Spawns `cmd` with its output into the service's log, as `user` (uid, gid) when given: the
+/// fallback mode's spawn (with cgroups, children are launched into their cgroup by
+/// `Reaper::launch_into`, see `spawn.rs`).
 fn spawn_logged(ctx: &Ctx, mut cmd: Command, user: Option<(u32, u32)>) -> std::io::Result<crate::reaper::Spawned> {
     let out = ctx.log.output()?;
-    cmd.env(process::OWNER_VAR, ctx.tag());
-    if let Some(o) = &ctx.owned {
-        return ctx.reaper.spawn_into(&mut cmd, std::os::fd::AsFd::as_fd(&out), &o.cg, user);
-    }
     let err = out.try_clone()?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     if let Some((uid, gid)) = user {
