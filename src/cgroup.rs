@@ -203,6 +203,15 @@ impl ServiceCgroup {
         }
     }
 
+    /// [`ServiceCgroup::kill`] when anything is in it: an empty cgroup is left unkilled, so that
+    /// children can still be cloned straight into it (see `spawn.rs`). True when it killed.
+    pub fn kill_if_populated(&self) -> io::Result<bool> {
+        if !self.populated()? {
+            return Ok(false);
+        }
+        self.kill().map(|()| true)
+    }
+
     /// Waits until no process is left in it, or `deadline`. True when empty. `events` is its
     /// [`Monitor::watch`]; without one (or when the watch ends) it looks every 20 ms.
     pub async fn wait_empty(&self, events: Option<&mut watch::Receiver<u64>>, deadline: Instant) -> bool {
@@ -452,6 +461,9 @@ mod tests {
         cg.create().unwrap();
         assert_eq!(h.existing(), vec!["unit.test".to_string()]);
         assert!(!cg.populated().unwrap());
+        // Nothing to kill: it is not marked killed, so children are still cloned straight in.
+        assert!(!cg.kill_if_populated().unwrap());
+        assert!(!cg.was_killed());
         let mut cmd = std::process::Command::new("/bin/sh");
         // The shell forks a worker at once: born in the cgroup, the worker is there too.
         cmd.args(["-c", "sleep 30 & exec sleep 30"]);
@@ -464,7 +476,8 @@ mod tests {
         }
         assert!(cg.procs().unwrap().contains(&pid));
         assert!(cg.populated().unwrap());
-        cg.kill().unwrap();
+        assert!(cg.kill_if_populated().unwrap());
+        assert!(cg.was_killed());
         // A reaper test running beside this one may collect it first.
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         while cg.populated().unwrap() {

@@ -463,7 +463,7 @@ impl ServiceTask {
             Action::KillGroup { pid } => {
                 process::signal_group(pid, Signal::SIGKILL);
                 if let Some(o) = &self.owned {
-                    if let Err(e) = o.cg.kill() {
+                    if let Err(e) = o.cg.kill_if_populated() {
                         tracing::warn!(service = %self.info.name, "cgroup.kill: {e}");
                     }
                 }
@@ -884,7 +884,7 @@ async fn start_script(ctx: &Ctx, paths: &Resolved, token: &CancellationToken) ->
         process::signal_group(script_pid, Signal::SIGKILL);
         let why = format!("start command {} {command} failed: {exit}", script.display());
         if let Some(o) = &ctx.owned {
-            let _ = o.cg.kill();
+            let _ = o.cg.kill_if_populated();
             let mut events = o.events.clone();
             if !o.cg.wait_empty(Some(&mut events), Instant::now() + Duration::from_secs(5)).await {
                 return StartOutcome::Failed(format!("{why}; what it started survived cgroup.kill"));
