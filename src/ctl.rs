@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub use crate::cli::{CtlCommand, TlsArgs};
 use crate::config::{Problems, Settings};
 use crate::http;
 
@@ -14,20 +15,6 @@ pub struct Target {
     pub base: String,
     pub token: Option<String>,
     pub client: http::Client,
-}
-
-/// ctl's TLS options: the CA to trust, and a client certificate to present.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct TlsArgs {
-    /// CA certificate (PEM) that signed the API's certificate; needed for https:// URLs
-    #[arg(long, value_name = "FILE")]
-    pub cacert: Option<PathBuf>,
-    /// Client certificate (PEM) to present, when the API requires one (API_TLS_CLIENT_CA)
-    #[arg(long, value_name = "FILE", requires = "key")]
-    pub cert: Option<PathBuf>,
-    /// The client certificate's private key (PEM)
-    #[arg(long, value_name = "FILE", requires = "cert")]
-    pub key: Option<PathBuf>,
 }
 
 impl Target {
@@ -89,38 +76,6 @@ impl Target {
             None => Err(format!("unexpected answer (HTTP {}): {}", resp.status, resp.text())),
         }
     }
-}
-
-/// A ctl command.
-#[derive(Debug, Clone, clap::Subcommand)]
-pub enum CtlCommand {
-    /// Every task: state, pids, health, restarts and faults.
-    List,
-    /// One task in detail.
-    Status { name: String },
-    /// Start a service (it is started at boot again).
-    Start { name: String },
-    /// Stop a service (it stays stopped across restarts of air-nanny).
-    Stop { name: String },
-    /// Stop, then start a service.
-    Restart { name: String },
-    /// Persist a service object from a JSON file and apply it now.
-    Set { file: PathBuf },
-    /// Stop a service and stop supervising it (its configuration stays).
-    Del { name: String },
-    /// The tail of a service's log.
-    Logs {
-        name: String,
-        #[arg(short = 'n', default_value_t = 50)]
-        lines: usize,
-    },
-    /// Re-read services.json and apply the difference.
-    Reload,
-    /// The audit trail: who changed what, when, from where.
-    Audit {
-        #[arg(short = 'n', default_value_t = 50)]
-        lines: usize,
-    },
 }
 
 /// Runs one command and prints its result. Returns the process exit code.

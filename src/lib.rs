@@ -13,6 +13,7 @@
 //! - [`reaper`]: the single owner of `waitpid`; every child is spawned through it.
 //! - [`health`]: one health probe (CMD, CMD-SHELL, HTTP, TCP).
 //! - [`logfile`]: size-rotated per-service logs.
+//! - [`cli`]: the command line's definitions (also read by build.rs for the man page).
 //! - [`api`]: the REST API (axum); [`ctl`]: its command-line client; [`http`]: a tiny HTTP client.
 //! - [`allow`]: what a request may make air-nanny run; [`audit`]: the trail of every change;
 //!   [`tls`]: TLS on the API (rustls) and ctl's client side.
@@ -23,6 +24,7 @@ pub mod api;
 pub mod atomic;
 pub mod audit;
 pub mod cgroup;
+pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod health;

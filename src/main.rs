@@ -4,53 +4,15 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+use air_nanny::cli::{Cli, Cmd};
 use air_nanny::config::{self, ServiceInfo};
 use air_nanny::ctl;
 
 const PACKAGED_CONFIG: &str = "/etc/air-nanny/config.yaml";
 const REPO_CONFIG: &str = "conf/config.yaml";
-
-/// Process supervisor for onboard Linux computers: starts programs in order, keeps them alive with
-/// health checks and restarts, stops them in reverse order, and serves a REST API.
-#[derive(Parser)]
-#[command(name = "air-nanny", version, propagate_version = true)]
-struct Cli {
-    /// config.yaml to use [default: /etc/air-nanny/config.yaml, else conf/config.yaml]
-    #[arg(long, short = 'c', global = true, value_name = "PATH")]
-    config: Option<PathBuf>,
-    /// Log level or filter (error, warn, info, debug, trace); RUST_LOG works too.
-    #[arg(long, global = true, value_name = "LEVEL")]
-    log_level: Option<String>,
-    #[command(subcommand)]
-    command: Option<Cmd>,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Run the supervisor (what a bare `air-nanny` does).
-    Run,
-    /// Validate config.yaml, the public file and services.json; print every problem.
-    Check,
-    /// Talk to a running air-nanny over its REST API.
-    Ctl {
-        /// Base URL of the API [default: the local instance from config.yaml]
-        #[arg(long)]
-        url: Option<String>,
-        /// File holding the bearer token [default: API_TOKEN_FILE from config.yaml]
-        #[arg(long, value_name = "PATH")]
-        token_file: Option<PathBuf>,
-        /// Print the API's data as JSON, for scripts.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        tls: ctl::TlsArgs,
-        #[command(subcommand)]
-        command: ctl::CtlCommand,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what packaging/build.sh and packaging/test.sh need, on Debian or Ubuntu (run as root, or
+# by CI through tests/all.sh): the rustup targets, the cross C compilers ring needs, dpkg tools,
+# lintian, qemu-user and systemd for the appliance tests. packaging/build.sh itself never installs
+# anything, so building needs no root.
+#   packaging/setup.sh [TARGET...]     default: all three targets
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ALL_TARGETS=(aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf x86_64-unknown-linux-musl)
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=("${ALL_TARGETS[@]}")
+
+pkgs=(file binutils dpkg lintian qemu-user-static curl systemd man-db)
+for t in "${targets[@]}"; do
+    case "$t" in
+    armv7-unknown-linux-gnueabihf) pkgs+=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross) ;;
+    # ring (TLS) compiles a few C/assembly files; see .cargo/config.toml.
+    aarch64-unknown-linux-musl) pkgs+=(gcc-aarch64-linux-gnu) ;;
+    x86_64-unknown-linux-musl) ;;
+    *) echo "unsupported target $t" >&2; exit 1 ;;
+    esac
+done
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "== apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+for t in "${targets[@]}"; do
+    rustup target add "$t" >/dev/null
+done
+echo "== packaging tools and targets ready: ${targets[*]}"
