@@ -22,7 +22,9 @@ echo "== cargo test"
 cargo test --locked
 echo "== fuzz targets, 20 s each (tests/fuzz; stable Rust)"
 FUZZ_SECONDS=20 cargo test --locked --test fuzz -- --test-threads 2
-echo "== appliance: static builds, packages, lintian, scratch-root install, qemu smoke tests"
+echo "== packaging tools (packaging/setup.sh: the only step that installs; building needs no root)"
+packaging/setup.sh
+echo "== appliance: static builds, packages, lintian --pedantic, upgrades, offline roots, qemu smoke tests"
 packaging/test.sh
 echo "== benchmark smoke run (bench/run.sh --quick; no timing is asserted)"
 bench/run.sh --quick
