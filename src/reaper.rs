@@ -85,6 +85,9 @@ impl Waiter {
 
 const RECENT: usize = 64;
 
+/// How long a launched child may take to reach its exec.
+const EXEC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Table {
     /// Makes the spawner of `pid` its waiter; a recent exit under that pid was another process's.
     fn register(&mut self, pid: i32) -> Spawned {
@@ -166,7 +169,24 @@ impl Reaper {
                 let launch = crate::spawn::launch_into(cmd, output, cgroup, extras)?;
                 (table.register(launch.pid), launch)
             };
-            match launch.exec().await {
+            let pid = launch.pid;
+            // An exec that never completes (an executable on a hung network mount) must not hold
+            // the start, or a stop waiting for it, forever: bounded, and the child killed.
+            let exec = match tokio::time::timeout(EXEC_TIMEOUT, launch.exec()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    // Only while it is unreaped: its pid is still its own.
+                    if self.waiters.lock().expect("reaper lock").waiters.contains_key(&pid) {
+                        let _ =
+                            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    }
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the exec did not complete within {}s; the child was killed", EXEC_TIMEOUT.as_secs()),
+                    ));
+                }
+            };
+            match exec {
                 Ok(()) => return Ok(spawned),
                 // Its cgroup had been killed before (the kernel kills children cloned into it):
                 // nothing of it ran; again, moved in.
