@@ -12,7 +12,7 @@
 //! - [`ledger`]: the fallback mode's record of each service's processes.
 //! - [`reaper`]: the single owner of `waitpid`; every child is spawned through it.
 //! - [`health`]: one health probe (CMD, CMD-SHELL, HTTP, TCP).
-//! - [`logfile`]: size-rotated per-service logs.
+//! - [`logfile`]: size-rotated per-service logs; [`logfmt`]: timestamps and journald priorities.
 //! - [`cli`]: the command line's definitions (also read by build.rs for the man page).
 //! - [`api`]: the REST API (axum); [`ctl`]: its command-line client; [`http`]: a tiny HTTP client.
 //! - [`allow`]: what a request may make air-nanny run; [`audit`]: the trail of every change;
@@ -31,6 +31,7 @@ pub mod health;
 pub mod http;
 pub mod ledger;
 pub mod logfile;
+pub mod logfmt;
 pub mod notify;
 pub mod process;
 pub mod reaper;

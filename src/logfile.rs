@@ -96,7 +96,8 @@ impl ServiceLog {
 
     /// Appends one line written by air-nanny itself.
     pub fn note(&self, msg: &str) {
-        self.append(format!("[air-nanny] {msg}\n").as_bytes());
+        let now = crate::logfmt::rfc3339_utc(std::time::SystemTime::now());
+        self.append(format!("{now} [air-nanny] {msg}\n").as_bytes());
     }
 
     /// A descriptor of the current file for a child's stdout and stderr (`O_APPEND`, so a

@@ -11,6 +11,22 @@ use air_nanny::cli::{Cli, Cmd};
 use air_nanny::config::{self, ServiceInfo};
 use air_nanny::ctl;
 
+/// Whether stderr is the journal (set once at start).
+static JOURNAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// An error that stops air-nanny, on stderr: with the journal's error priority on each line when
+/// stderr is the journal.
+fn report_error(msg: &str) {
+    let journal = JOURNAL.get().copied().unwrap_or(false);
+    for line in format!("error: {msg}").lines() {
+        if journal {
+            eprintln!("<3>{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
 const PACKAGED_CONFIG: &str = "/etc/air-nanny/config.yaml";
 const REPO_CONFIG: &str = "conf/config.yaml";
 
@@ -25,18 +41,21 @@ fn main() -> ExitCode {
         }
     };
     // Colour only for a person at a terminal: never into journald or a file, never with NO_COLOR.
+    // Into the journal: a `<N>` priority on every line (journald keeps the levels, `journalctl -p
+    // warning` works) and no timestamp of ours (the journal has its own).
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(colour)
-        .init();
+    let subscriber = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false);
+    if JOURNAL.get_or_init(air_nanny::logfmt::stderr_is_journal) == &true {
+        let format = tracing_subscriber::fmt::format().with_target(false).with_ansi(false).without_time();
+        subscriber.with_ansi(false).event_format(air_nanny::logfmt::Journald(format)).init();
+    } else {
+        subscriber.with_ansi(colour).init();
+    }
     let config = cli.config.clone().unwrap_or_else(default_config);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            report_error(&format!("cannot start the async runtime: {e}"));
             return ExitCode::from(2);
         }
     };
@@ -95,7 +114,7 @@ async fn run(config: &Path) -> ExitCode {
     let (settings, store, tokens) = match air_nanny::prepare(config) {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("error: {e}");
+            report_error(&e.to_string());
             return ExitCode::from(2);
         }
     };
@@ -111,7 +130,7 @@ async fn run(config: &Path) -> ExitCode {
     let listener = match air_nanny::bind(&settings).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: {e}");
+            report_error(&e.to_string());
             return ExitCode::from(2);
         }
     };
@@ -128,7 +147,7 @@ async fn run(config: &Path) -> ExitCode {
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            report_error(&e.to_string());
             ExitCode::from(2)
         }
     }

@@ -1,5 +1,6 @@
 //! systemd notifications (sd_notify) written by hand over `NOTIFY_SOCKET`: readiness once the boot
-//! order has completed, watchdog pings from the supervisor's loop, and STOPPING at shutdown.
+//! order has completed, watchdog pings from the supervisor's loop, the `STATUS=` summary kept
+//! current, and STOPPING at shutdown.
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
@@ -24,6 +25,11 @@ fn send_abstract(sock: &UnixDatagram, name: &[u8], state: &str) -> std::io::Resu
     use std::os::linux::net::SocketAddrExt;
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
     sock.send_to_addr(state.as_bytes(), &addr)
+}
+
+/// Whether systemd listens (`NOTIFY_SOCKET` is set).
+pub fn enabled() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some()
 }
 
 /// Half of systemd's `WatchdogSec` when it asks for pings (`WATCHDOG_USEC`, for this pid).

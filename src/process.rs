@@ -464,6 +464,11 @@ pub fn restore_nofile_limit_in(cmd: &mut std::process::Command) {
     }
 }
 
+/// Held by the test that forces pid reuse and by tests that a forced reuse would confuse (a claim
+/// of a reaped orphan by pid).
+#[cfg(test)]
+pub(crate) static PID_REUSE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,6 +486,7 @@ mod tests {
     /// ns_last_pid, as root): the hold reaches neither that process nor its group, and says gone.
     #[test]
     fn a_held_process_whose_pid_was_reused_is_never_signalled() {
+        let _alone = PID_REUSE.blocking_lock();
         let mut reused = None;
         for _ in 0..50 {
             let mut a = std::process::Command::new("sleep").arg("30").spawn().unwrap();

@@ -275,6 +275,8 @@ mod tests {
     /// no zombie is left (the trap in notes/reaping.md).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_exit_status_reaches_its_spawner() {
+        // Not while another test forces pids to be reused (see the claims below).
+        let _alone = crate::process::PID_REUSE.lock().await;
         let reaper = Reaper::start().unwrap();
         let mut waits = Vec::new();
         for i in 0..200 {
@@ -301,7 +303,9 @@ mod tests {
         let exit = tokio::time::timeout(std::time::Duration::from_secs(10), claim).await.unwrap().unwrap();
         assert_eq!(exit.exit, Exit::Code(0));
         // Claimed only after it was reaped: the recent exits answer.
-        let script = format!("sh -c 'exit 7' & echo $! > {}", pidfile.display());
+        // The grandchild outlives its parent shell: one that died first could be reaped by that
+        // shell, and its exit would never reach air-nanny (seen as a rare hang of this test).
+        let script = format!("sh -c 'sleep 0.1; exit 7' & echo $! > {}", pidfile.display());
         let s = reaper.spawn(Command::new("sh").arg("-c").arg(&script)).unwrap();
         assert_eq!(s.exit.await.unwrap(), Exit::Code(0));
         let orphan: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
@@ -310,7 +314,17 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the orphan was never reaped");
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
-        assert_eq!(reaper.claim(orphan).unwrap().await.unwrap().exit, Exit::Code(7));
+        // The last RECENT unclaimed exits are kept: other tests of this process reap children of
+        // their own meanwhile and may push this one out of the ring (never wait forever).
+        let claim = reaper.claim(orphan).unwrap();
+        match tokio::time::timeout(std::time::Duration::from_secs(10), claim).await {
+            Ok(r) => assert_eq!(r.unwrap().exit, Exit::Code(7)),
+            Err(_) => assert_eq!(
+                reaper.waiters.lock().unwrap().recent.len(),
+                RECENT,
+                "the orphan's exit was lost while the ring of recent exits had room"
+            ),
+        }
         let zombies = std::fs::read_dir("/proc")
             .unwrap()
             .flatten()

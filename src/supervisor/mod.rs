@@ -273,6 +273,10 @@ impl Actor {
         let boot = tokio::spawn(boot(me, self.settings.group_start_timeout, scan, boot_cancel.clone(), booted));
         let watchdog = crate::notify::watchdog_interval();
         let mut tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        // systemd's STATUS= line ("12/12 running, 1 unhealthy"), updated when a task's state or
+        // health changes; nothing at all when systemd does not listen.
+        let systemd = crate::notify::enabled();
+        let mut status = String::new();
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -280,6 +284,14 @@ impl Actor {
                     None => break,
                 },
                 _ = tick.tick(), if watchdog.is_some() => crate::notify::send("WATCHDOG=1"),
+                _ = state::STATUS_CHANGED.notified(), if systemd => {
+                    let snapshots: Vec<_> = self.tasks.values().map(ServiceHandle::snapshot).collect();
+                    let line = state::status_line(snapshots.iter().map(Arc::as_ref));
+                    if line != status {
+                        crate::notify::send(&format!("STATUS={line}"));
+                        status = line;
+                    }
+                }
                 _ = self.shutdown.cancelled() => break,
             }
         }

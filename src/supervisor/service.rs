@@ -519,7 +519,10 @@ impl ServiceTask {
             return;
         }
         self.snap.version += 1;
-        self.snapshot_tx.send_replace(Arc::new(self.snap.clone()));
+        let before = self.snapshot_tx.send_replace(Arc::new(self.snap.clone()));
+        if before.state != self.snap.state || before.health != self.snap.health {
+            super::state::STATUS_CHANGED.notify_one();
+        }
     }
 
     /// The program's path, for finding it in /proc: the running one's, else the configuration's.

@@ -75,6 +75,35 @@ impl Health {
     }
 }
 
+/// Woken when a task's state or health changes: the supervisor then brings systemd's `STATUS=`
+/// line up to date (only when systemd listens). One permit is kept when nobody waits, so no change
+/// is missed, and a burst of changes is one update.
+pub static STATUS_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// The one-line summary systemd shows in `systemctl status`: "12/12 running, 1 unhealthy".
+pub fn status_line<'a>(snapshots: impl Iterator<Item = &'a TaskSnapshot>) -> String {
+    let (mut total, mut running, mut unhealthy, mut backoff, mut failed) = (0, 0, 0, 0, 0);
+    for s in snapshots {
+        total += 1;
+        match s.state {
+            State::Running => running += 1,
+            State::Backoff => backoff += 1,
+            State::Failed => failed += 1,
+            _ => {}
+        }
+        if s.health == Health::Unhealthy {
+            unhealthy += 1;
+        }
+    }
+    let mut line = format!("{running}/{total} running");
+    for (n, what) in [(unhealthy, "unhealthy"), (backoff, "in backoff"), (failed, "failed")] {
+        if n > 0 {
+            line.push_str(&format!(", {n} {what}"));
+        }
+    }
+    line
+}
+
 /// A copy of one task's state, published by its service task after every change.
 #[derive(Debug, Clone)]
 pub struct TaskSnapshot {

@@ -8,6 +8,7 @@ mod api;
 mod check;
 mod engine;
 mod limits;
+mod logs;
 mod ownership;
 mod security;
 mod supervision;
