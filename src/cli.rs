@@ -49,8 +49,8 @@ pub enum Cmd {
         /// File holding the bearer token [default: API_TOKEN_FILE from config.yaml]
         #[arg(long, value_name = "PATH")]
         token_file: Option<PathBuf>,
-        /// Print the API's data as JSON, for scripts.
-        #[arg(long)]
+        /// Print the API's data as JSON, for scripts (anywhere on the line).
+        #[arg(long, global = true)]
         json: bool,
         #[command(flatten)]
         tls: TlsArgs,
@@ -78,7 +78,8 @@ pub struct TlsArgs {
 pub enum CtlCommand {
     /// Every task: state, pids, health, restarts and faults.
     List,
-    /// One task in detail.
+    /// One task in detail. Exit status as `systemctl is-active`: 0 running, 3 not running, 1 an
+    /// error (no such service, no answer), 2 a usage error.
     Status { name: String },
     /// Start a service (it is started at boot again).
     Start { name: String },

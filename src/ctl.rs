@@ -98,6 +98,11 @@ pub async fn run(target: &Target, cmd: CtlCommand, json: bool) -> i32 {
             Err(e) => Err(format!("cannot read {}: {e}", file.display())),
         },
     };
+    // `status` answers like `systemctl is-active`: 3 when the service exists but does not run.
+    let code = match (&cmd, &result) {
+        (CtlCommand::Status { .. }, Ok(data)) if data["State"].as_u64() != Some(2) => 3,
+        _ => 0,
+    };
     match result {
         Err(msg) => {
             eprintln!("error: {msg}");
@@ -105,7 +110,7 @@ pub async fn run(target: &Target, cmd: CtlCommand, json: bool) -> i32 {
         }
         Ok(data) if json => {
             println!("{}", serde_json::to_string_pretty(&data).unwrap_or_default());
-            0
+            code
         }
         Ok(data) => {
             match cmd {
@@ -136,7 +141,7 @@ pub async fn run(target: &Target, cmd: CtlCommand, json: bool) -> i32 {
                 _ if data.is_object() => print!("{}", table(std::slice::from_ref(&data))),
                 _ => println!("ok"),
             }
-            0
+            code
         }
     }
 }

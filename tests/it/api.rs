@@ -301,7 +301,15 @@ fn ctl_drives_a_running_instance() {
     assert_ne!(n.pids("nav"), p1);
     assert_eq!(f.cli(&["ctl", "stop", "nav"]).0, 0);
     assert_eq!(n.task("nav")["State"], 0);
+    // Exit status like `systemctl is-active`, and --json anywhere on the line.
+    let (code, out, _) = f.cli(&["ctl", "status", "nav", "--json"]);
+    assert_eq!(code, 3, "a stopped service: {out}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["State"], 0);
+    assert_eq!(f.cli(&["ctl", "status", "nav"]).0, 3);
+    assert_eq!(f.cli(&["ctl", "status", "ghost"]).0, 1);
+    assert_eq!(f.cli(&["ctl", "status"]).0, 2, "a usage error");
     assert_eq!(f.cli(&["ctl", "start", "nav"]).0, 0);
+    assert_eq!(f.cli(&["ctl", "status", "nav"]).0, 0);
     assert_eq!(n.task("nav")["State"], 2);
     let file = f.path("cam.json");
     std::fs::write(&file, f.direct_service("cam", 1, &[]).to_string()).unwrap();
