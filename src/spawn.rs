@@ -74,26 +74,7 @@ pub struct Extras {
 /// its runtime thread).
 #[cfg(test)]
 pub fn spawn_into(cmd: &Command, output: BorrowedFd<'_>, cgroup: &ServiceCgroup, extras: Extras) -> io::Result<i32> {
-    let prepared = Prepared::new(cmd, output, extras)?;
-    if !NO_CLONE_INTO_CGROUP.load(Ordering::Relaxed) && !cgroup.was_killed() {
-        let dir = File::open(cgroup.dir())?;
-        match prepared.run(Birth::Into(dir.as_fd())) {
-            Err(SpawnError::KilledAtBirth) => {
-                tracing::debug!(cgroup = %cgroup.dir().display(), "a child cloned into a cgroup killed before was killed at birth; moving children in");
-                cgroup.mark_killed();
-            }
-            Err(e) if clone3_missing(&e) => {
-                tracing::info!(
-                    "clone3(CLONE_INTO_CGROUP) is not available ({}): children move into their cgroups",
-                    io::Error::from(e)
-                );
-                NO_CLONE_INTO_CGROUP.store(true, Ordering::Relaxed);
-            }
-            other => return other.map_err(io::Error::from),
-        }
-    }
-    let procs = std::fs::OpenOptions::new().write(true).open(cgroup.dir().join("cgroup.procs"))?;
-    prepared.run(Birth::Move(procs.as_fd())).map_err(io::Error::from)
+    Prepared::new(cmd, output, extras)?.born_in(cgroup, Prepared::run)
 }
 
 /// For tests: makes every later [`spawn_into`] take the fork-and-move path.
@@ -184,6 +165,35 @@ impl Stage {
 }
 
 impl Prepared {
+    /// Runs `start` (a fork that waits for the exec, or one that returns at once) with the child
+    /// cloned into `cgroup`, or moving itself in where that cannot be: the kernel lacks it, the
+    /// cgroup was killed before, or a child cloned into it was killed at birth.
+    fn born_in<T>(
+        &self,
+        cgroup: &ServiceCgroup,
+        start: impl Fn(&Self, Birth<'_>) -> Result<T, SpawnError>,
+    ) -> io::Result<T> {
+        if !NO_CLONE_INTO_CGROUP.load(Ordering::Relaxed) && !cgroup.was_killed() {
+            let dir = File::open(cgroup.dir())?;
+            match start(self, Birth::Into(dir.as_fd())) {
+                Err(SpawnError::KilledAtBirth) => {
+                    tracing::debug!(cgroup = %cgroup.dir().display(), "a child cloned into a cgroup killed before was killed at birth; moving children in");
+                    cgroup.mark_killed();
+                }
+                Err(e) if clone3_missing(&e) => {
+                    tracing::info!(
+                        "clone3(CLONE_INTO_CGROUP) is not available ({}): children move into their cgroups",
+                        io::Error::from(e)
+                    );
+                    NO_CLONE_INTO_CGROUP.store(true, Ordering::Relaxed);
+                }
+                other => return other.map_err(io::Error::from),
+            }
+        }
+        let procs = std::fs::OpenOptions::new().write(true).open(cgroup.dir().join("cgroup.procs"))?;
+        start(self, Birth::Move(procs.as_fd())).map_err(io::Error::from)
+    }
+
     fn new(cmd: &Command, output: BorrowedFd<'_>, extras: Extras) -> io::Result<Prepared> {
         let program = resolve(cmd.get_program())?;
         let mut argv = vec![cstring(cmd.get_program())?];
@@ -466,22 +476,7 @@ pub fn launch_into(
     cgroup: &ServiceCgroup,
     extras: Extras,
 ) -> io::Result<Launch> {
-    let prepared = Prepared::new(cmd, output, extras)?;
-    if !NO_CLONE_INTO_CGROUP.load(Ordering::Relaxed) && !cgroup.was_killed() {
-        let dir = File::open(cgroup.dir())?;
-        match prepared.launch(Birth::Into(dir.as_fd())) {
-            Err(e) if clone3_missing(&e) => {
-                tracing::info!(
-                    "clone3(CLONE_INTO_CGROUP) is not available ({}): children move into their cgroups",
-                    io::Error::from(e)
-                );
-                NO_CLONE_INTO_CGROUP.store(true, Ordering::Relaxed);
-            }
-            other => return other.map_err(io::Error::from),
-        }
-    }
-    let procs = std::fs::OpenOptions::new().write(true).open(cgroup.dir().join("cgroup.procs"))?;
-    prepared.launch(Birth::Move(procs.as_fd())).map_err(io::Error::from)
+    Prepared::new(cmd, output, extras)?.born_in(cgroup, Prepared::launch)
 }
 
 fn invalid(msg: &str) -> io::Error {

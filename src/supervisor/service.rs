@@ -840,12 +840,10 @@ fn start_direct(ctx: &Ctx, paths: &Resolved) -> Result<crate::reaper::Spawned, S
 /// runtime.
 async fn launch_direct(ctx: &Ctx, paths: &Resolved) -> Result<crate::reaper::Spawned, String> {
     let Some(o) = &ctx.owned else { return start_direct(ctx, paths) };
-    let (mut cmd, user) = direct_command(ctx, paths)?;
-    let launched = match ctx.log.output() {
-        Ok(out) => ctx.reaper.launch_into(&mut cmd, std::os::fd::AsFd::as_fd(&out), &o.cg, user).await,
-        Err(e) => Err(e),
-    };
-    launched.map_err(|e| spawn_error("script.programFilePath", &paths.program, &paths.work_dir, e))
+    let (cmd, user) = direct_command(ctx, paths)?;
+    launch_logged(ctx, o, cmd, user)
+        .await
+        .map_err(|e| spawn_error("script.programFilePath", &paths.program, &paths.work_dir, e))
 }
 
 /// Script mode: runs the start command, then waits for the program to appear. Cancelled (a stop,
@@ -1202,13 +1200,22 @@ async fn spawn_script(ctx: &Ctx, paths: &Resolved, arg: &str) -> Result<crate::r
         .env(process::OWNER_VAR, ctx.tag());
     let spawned = match &ctx.owned {
         // In the cgroup, without holding up the runtime until the script has exec'd.
-        Some(o) => match ctx.log.output() {
-            Ok(out) => ctx.reaper.launch_into(&mut cmd, std::os::fd::AsFd::as_fd(&out), &o.cg, None).await,
-            Err(e) => Err(e),
-        },
+        Some(o) => launch_logged(ctx, o, cmd, None).await,
         None => spawn_logged(ctx, cmd, None),
     };
     spawned.map_err(|e| spawn_error("script.execPath", script, &paths.work_dir, e))
+}
+
+/// Launches `cmd` into the service's cgroup with its output into the service's log, as `user`
+/// (uid, gid) when given: the spawn with cgroups (see `Reaper::launch_into`).
+async fn launch_logged(
+    ctx: &Ctx,
+    o: &Owned,
+    mut cmd: Command,
+    user: Option<(u32, u32)>,
+) -> std::io::Result<crate::reaper::Spawned> {
+    let out = ctx.log.output()?;
+    ctx.reaper.launch_into(&mut cmd, std::os::fd::AsFd::as_fd(&out), &o.cg, user).await
 }
 
 /// Spawns `cmd` with its output into the service's log, as `user` (uid, gid) when given: the
