@@ -152,12 +152,13 @@ class Nanny:
                                      stdout=subprocess.DEVNULL, stderr=open(os.path.join(setup.dir, "nanny.log"), "w"))
 
     def _listen(self):
-        while self.t_ready is None:
+        # Reads for as long as air-nanny runs, as systemd does (STATUS= lines follow READY=1).
+        while True:
             try:
                 msg = self.notify.recv(4096)
             except OSError:
                 return
-            if b"READY=1" in msg.split(b"\n"):
+            if self.t_ready is None and b"READY=1" in msg.split(b"\n"):
                 self.t_ready = time.time_ns()
 
     def ready_ms(self, timeout=120):

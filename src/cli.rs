@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
         /var/lib/air-nanny/services.json   the services (written by the API)\n  \
         /var/lib/air-nanny/state.json      services stopped or unsupervised by the operator\n  \
         /var/lib/air-nanny/audit.log       every change made over the API\n  \
+        /var/lib/air-nanny/events/         each service's history (ctl events)\n  \
         /var/log/air-nanny/NAME.log        each service's output and air-nanny's notes on it\n\n\
         Signals: SIGTERM stops every service in reverse order, then exits; SIGHUP re-reads \
         services.json and applies the difference.\n\n\
@@ -78,16 +79,29 @@ pub struct TlsArgs {
 pub enum CtlCommand {
     /// Every task: state, pids, health, restarts and faults.
     List,
-    /// One task in detail. Exit status as `systemctl is-active`: 0 running, 3 not running, 1 an
-    /// error (no such service, no answer), 2 a usage error.
-    Status { name: String },
-    /// Start a service (it is started at boot again).
-    Start { name: String },
-    /// Stop a service (it stays stopped across restarts of air-nanny).
-    Stop { name: String },
-    /// Stop, then start a service.
-    Restart { name: String },
-    /// Persist a service object from a JSON file and apply it now.
+    /// Tasks in detail: state, health, pids, last exit and error, configuration, last log lines.
+    /// Exit status as `systemctl is-active`: 0 all running, 3 one is not running, 1 an error (no
+    /// such service, no answer), 2 a usage error.
+    Status {
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Start services (started at boot again); `all` for every one.
+    Start {
+        #[arg(required = true, value_name = "NAME|all")]
+        names: Vec<String>,
+    },
+    /// Stop services (they stay stopped across restarts of air-nanny); `all` for every one.
+    Stop {
+        #[arg(required = true, value_name = "NAME|all")]
+        names: Vec<String>,
+    },
+    /// Stop, then start services; `all` for every one.
+    Restart {
+        #[arg(required = true, value_name = "NAME|all")]
+        names: Vec<String>,
+    },
+    /// Persist a service object from a JSON file (`-`: standard input) and apply it now.
     Set { file: PathBuf },
     /// Stop a service and stop supervising it (its configuration stays).
     Del { name: String },
@@ -96,6 +110,17 @@ pub enum CtlCommand {
         name: String,
         #[arg(short = 'n', default_value_t = 50)]
         lines: usize,
+    },
+    /// A service's history: state changes, exits, health results, restarts and their causes,
+    /// operator actions (kept across restarts of air-nanny).
+    Events {
+        name: String,
+        /// How many of the newest events
+        #[arg(short = 'n', default_value_t = 50)]
+        lines: usize,
+        /// Keep printing new events as they happen (Ctrl-C ends)
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
     /// Re-read services.json and apply the difference.
     Reload,

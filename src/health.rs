@@ -13,22 +13,35 @@ use crate::logfile::ServiceLog;
 use crate::process;
 use crate::reaper::Reaper;
 
+/// What one check found: `Ok` is healthy, `Err` says why not; `output` is the start of what a
+/// command check printed (for an HTTP or TCP check, what it found).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub result: Result<(), String>,
+    pub output: String,
+}
+
+impl Outcome {
+    fn failed(reason: String) -> Outcome {
+        Outcome { result: Err(reason), output: String::new() }
+    }
+
+    fn of(result: Result<(), String>, output: String) -> Outcome {
+        Outcome { result, output }
+    }
+}
+
 /// Runs one check of `probe` (never [`Probe::ProcessAlive`], which the service task answers from
-/// its own pids). `Ok` is healthy; `Err` says why not. A check that outlives `timeout` is killed
+/// its own pids). A command check's output goes to the service log, and its start is kept in the
+/// outcome. A check that outlives `timeout` is killed
 /// with its whole process group and fails. CMD and CMD-SHELL checks run in the service's working
 /// directory, a CMD check's program as resolved (what the allow-list checked is what runs).
 ///
 /// What a remote port answered is never echoed into the reason (checks set over the API would
 /// otherwise read other services' banners into `/task/logs`): only the status, or the kind of error.
-pub async fn check(
-    probe: &Probe,
-    timeout: Duration,
-    reaper: &Reaper,
-    log: &ServiceLog,
-    paths: &Resolved,
-) -> Result<(), String> {
+pub async fn check(probe: &Probe, timeout: Duration, reaper: &Reaper, log: &ServiceLog, paths: &Resolved) -> Outcome {
     match probe {
-        Probe::ProcessAlive => Ok(()),
+        Probe::ProcessAlive => Outcome::of(Ok(()), String::new()),
         Probe::Cmd(argv) => {
             let mut cmd = match &paths.check_program {
                 Some(resolved) => Command::new(resolved),
@@ -43,27 +56,46 @@ pub async fn check(
             run_command(cmd, timeout, reaper, log).await
         }
         Probe::Http(url) => {
-            let u = Url::parse(url).map_err(|e| e.to_string())?;
-            let target = u.probe_target()?;
-            match Client::plain().want(Want::Status).probe(target, &u, timeout).await {
-                Ok(r) if (200..300).contains(&r.status) => Ok(()),
-                Ok(r) => Err(format!("GET {url} answered {}", r.status)),
-                Err(HttpError::Malformed { .. }) => Err(format!("GET {url}: the answer is not an HTTP response")),
-                Err(HttpError::Timeout(_)) => Err(format!("GET {url}: no answer within {}s", timeout.as_secs())),
-                Err(HttpError::Connect { source, .. }) | Err(HttpError::Io { source, .. }) => {
-                    Err(format!("GET {url}: {}", io_kind(&source)))
-                }
-                Err(e) => Err(e.to_string()),
-            }
+            let result = http_check(url, timeout).await;
+            let output = match &result {
+                Ok(status) => format!("HTTP {status}"),
+                Err(e) => e.clone(),
+            };
+            Outcome::of(result.map(|_| ()), output)
         }
         Probe::Tcp(addr) => {
-            let target = parse_socket_addr(addr)?;
-            match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(format!("cannot connect to {target}: {}", io_kind(&e))),
-                Err(_) => Err(format!("connect to {target} timed out after {}s", timeout.as_secs())),
-            }
+            let result = tcp_check(addr, timeout).await;
+            let output = match &result {
+                Ok(()) => format!("connected to {addr}"),
+                Err(e) => e.clone(),
+            };
+            Outcome::of(result, output)
         }
+    }
+}
+
+/// The status of a 2xx answer, or why the check failed.
+async fn http_check(url: &str, timeout: Duration) -> Result<u16, String> {
+    let u = Url::parse(url).map_err(|e| e.to_string())?;
+    let target = u.probe_target()?;
+    match Client::plain().want(Want::Status).probe(target, &u, timeout).await {
+        Ok(r) if (200..300).contains(&r.status) => Ok(r.status),
+        Ok(r) => Err(format!("GET {url} answered {}", r.status)),
+        Err(HttpError::Malformed { .. }) => Err(format!("GET {url}: the answer is not an HTTP response")),
+        Err(HttpError::Timeout(_)) => Err(format!("GET {url}: no answer within {}s", timeout.as_secs())),
+        Err(HttpError::Connect { source, .. }) | Err(HttpError::Io { source, .. }) => {
+            Err(format!("GET {url}: {}", io_kind(&source)))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn tcp_check(addr: &str, timeout: Duration) -> Result<(), String> {
+    let target = parse_socket_addr(addr)?;
+    match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("cannot connect to {target}: {}", io_kind(&e))),
+        Err(_) => Err(format!("connect to {target} timed out after {}s", timeout.as_secs())),
     }
 }
 
@@ -75,21 +107,83 @@ fn io_kind(e: &std::io::Error) -> String {
     }
 }
 
-async fn run_command(mut cmd: Command, timeout: Duration, reaper: &Reaper, log: &ServiceLog) -> Result<(), String> {
-    let out = log.output().map_err(|e| format!("cannot capture output: {e}"))?;
-    let err = out.try_clone().map_err(|e| format!("cannot capture output: {e}"))?;
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-    let spawned = reaper.spawn(&mut cmd).map_err(|e| format!("cannot run the check: {e}"))?;
+/// How much of a check's output is read (and copied into the service log); the rest is drained.
+const OUTPUT_READ_MAX: usize = 64 * 1024;
+/// How long output is still read after the check's process has exited (a background child of
+/// the check may hold the pipe open).
+const OUTPUT_GRACE: Duration = Duration::from_millis(100);
+
+async fn run_command(mut cmd: Command, timeout: Duration, reaper: &Reaper, log: &ServiceLog) -> Outcome {
+    use tokio::io::AsyncReadExt;
+    let (read_end, write_end) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => return Outcome::failed(format!("cannot capture output: {e}")),
+    };
+    let err = match write_end.try_clone() {
+        Ok(e) => e,
+        Err(e) => return Outcome::failed(format!("cannot capture output: {e}")),
+    };
+    cmd.stdin(Stdio::null()).stdout(write_end).stderr(err);
+    let spawned = match reaper.spawn(&mut cmd) {
+        Ok(s) => s,
+        Err(e) => return Outcome::failed(format!("cannot run the check: {e}")),
+    };
+    // The parent's write ends close here: the pipe ends when the check (and its children) do.
     drop(cmd);
-    match tokio::time::timeout(timeout, spawned.exit).await {
-        Ok(Ok(exit)) if exit.success() => Ok(()),
-        Ok(Ok(exit)) => Err(format!("check {exit}")),
-        Ok(Err(_)) => Err("check's exit was lost".into()),
-        Err(_) => {
-            process::signal_group(spawned.pid, Signal::SIGKILL);
-            Err(format!("check timed out after {}s and was killed", timeout.as_secs()))
+    let mut rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(read_end) {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            tracing::debug!("check output: {e}");
+            None
+        }
+    };
+    let mut output = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut exit = spawned.exit;
+    let mut status = None;
+    let mut until = tokio::time::Instant::now() + timeout;
+    loop {
+        tokio::select! {
+            read = async { rx.as_mut().expect("guarded").read(&mut buf).await }, if rx.is_some() => match read {
+                Ok(0) | Err(_) => rx = None,
+                Ok(n) => {
+                    let keep = n.min(OUTPUT_READ_MAX.saturating_sub(output.len()));
+                    output.extend_from_slice(&buf[..keep]);
+                }
+            },
+            e = &mut exit, if status.is_none() => {
+                status = Some(e);
+                until = until.min(tokio::time::Instant::now() + OUTPUT_GRACE);
+            }
+            _ = tokio::time::sleep_until(until) => {
+                if status.is_none() {
+                    process::signal_group(spawned.pid, Signal::SIGKILL);
+                    log.append(&output);
+                    return Outcome {
+                        result: Err(format!("check timed out after {}s and was killed", timeout.as_secs())),
+                        output: head(&output),
+                    };
+                }
+                break;
+            }
+        }
+        if rx.is_none() && status.is_some() {
+            break;
         }
     }
+    log.append(&output);
+    let result = match status {
+        Some(Ok(exit)) if exit.success() => Ok(()),
+        Some(Ok(exit)) => Err(format!("check {exit}")),
+        _ => Err("check's exit was lost".into()),
+    };
+    Outcome { result, output: head(&output) }
+}
+
+/// The first [`crate::events::OUTPUT_MAX`] bytes of a check's output, as text.
+fn head(output: &[u8]) -> String {
+    let cut = &output[..output.len().min(crate::events::OUTPUT_MAX)];
+    String::from_utf8_lossy(cut).trim_end().to_string()
 }
 
 #[cfg(test)]
@@ -112,14 +206,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = ServiceLog::open(dir.path(), "t", 1 << 20, 1);
         let t = Duration::from_secs(5);
-        assert!(check(&Probe::Shell("exit 0".into()), t, &reaper, &log, &here()).await.is_ok());
-        let e = check(&Probe::Cmd(vec!["false".into()]), t, &reaper, &log, &here()).await.unwrap_err();
+        assert!(check(&Probe::Shell("exit 0".into()), t, &reaper, &log, &here()).await.result.is_ok());
+        let e = check(&Probe::Cmd(vec!["false".into()]), t, &reaper, &log, &here()).await.result.unwrap_err();
         assert!(e.contains("exit status 1"), "{e}");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        assert!(check(&Probe::Tcp(addr.clone()), t, &reaper, &log, &here()).await.is_ok());
+        assert!(check(&Probe::Tcp(addr.clone()), t, &reaper, &log, &here()).await.result.is_ok());
         drop(listener);
-        assert!(check(&Probe::Tcp(addr), t, &reaper, &log, &here()).await.is_err());
+        assert!(check(&Probe::Tcp(addr), t, &reaper, &log, &here()).await.result.is_err());
     }
 
     #[tokio::test]
@@ -139,9 +233,35 @@ mod tests {
             url
         };
         let t = Duration::from_secs(5);
-        assert!(check(&Probe::Http(serve("204 No Content")), t, &reaper, &log, &here()).await.is_ok());
-        let e = check(&Probe::Http(serve("503 Busy")), t, &reaper, &log, &here()).await.unwrap_err();
+        assert!(check(&Probe::Http(serve("204 No Content")), t, &reaper, &log, &here()).await.result.is_ok());
+        let e = check(&Probe::Http(serve("503 Busy")), t, &reaper, &log, &here()).await.result.unwrap_err();
         assert!(e.contains("answered 503"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_command_checks_output_is_kept_and_logged() {
+        let reaper = Reaper::start().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let log = ServiceLog::open(dir.path(), "t", 1 << 20, 1);
+        let t = Duration::from_secs(5);
+        let o = check(&Probe::Shell("echo disk full >&2; exit 3".into()), t, &reaper, &log, &here()).await;
+        assert_eq!(o.result, Err("check exit status 3".into()));
+        assert_eq!(o.output, "disk full", "stderr is captured");
+        // Long output: the first 512 bytes are kept, all of it (up to 64 KiB) reaches the log.
+        let o = check(&Probe::Shell("yes abcdefgh | head -c 20000".into()), t, &reaper, &log, &here()).await;
+        assert!(o.result.is_ok());
+        assert_eq!(o.output.len(), crate::events::OUTPUT_MAX);
+        let logged = std::fs::read_to_string(log.path()).unwrap();
+        assert!(logged.contains("disk full") && logged.len() >= 20000, "{}", logged.len());
+        // A background child holding the pipe open does not hold the check past its exit.
+        let started = std::time::Instant::now();
+        let o = check(&Probe::Shell("echo ok; sleep 5 &".into()), t, &reaper, &log, &here()).await;
+        assert_eq!((o.result, o.output.as_str()), (Ok(()), "ok"));
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let o = check(&Probe::Tcp(addr.clone()), t, &reaper, &log, &here()).await;
+        assert_eq!(o.output, format!("connected to {addr}"));
     }
 
     #[tokio::test]
@@ -151,7 +271,8 @@ mod tests {
         let log = ServiceLog::open(dir.path(), "t", 1 << 20, 1);
         let marker = dir.path().join("pid");
         let script = format!("sleep 30 & echo $! > {}; wait", marker.display());
-        let e = check(&Probe::Shell(script), Duration::from_millis(300), &reaper, &log, &here()).await.unwrap_err();
+        let e =
+            check(&Probe::Shell(script), Duration::from_millis(300), &reaper, &log, &here()).await.result.unwrap_err();
         assert!(e.contains("timed out"), "{e}");
         let pid: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -27,11 +27,13 @@ pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod ctl;
+pub mod events;
 pub mod health;
 pub mod http;
 pub mod ledger;
 pub mod logfile;
 pub mod logfmt;
+pub mod metrics;
 pub mod notify;
 pub mod process;
 pub mod reaper;
@@ -168,6 +170,9 @@ pub async fn run(
         .await
         .unwrap_or(ShutdownReport { faults: vec![("air-nanny".into(), "supervisor task panicked".into())] });
     ready_task.abort();
+    // The last events (the services' stops) reach the history before air-nanny exits.
+    let journal = sup.journal().clone();
+    let _ = tokio::task::spawn_blocking(move || journal.flush()).await;
     // The API shut down gracefully while the services stopped; a connection that still holds it
     // (a half-sent request, a client that never reads) gets at most this long more.
     let mut server = server;

@@ -52,7 +52,13 @@ fn main() -> ExitCode {
         subscriber.with_ansi(colour).init();
     }
     let config = cli.config.clone().unwrap_or_else(default_config);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // Blocking-pool threads (history and audit writes, log reads, /proc scans) end 1 s after their
+    // last job: an idle air-nanny keeps no thread stack resident.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_keep_alive(std::time::Duration::from_secs(1))
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             report_error(&format!("cannot start the async runtime: {e}"));

@@ -9,15 +9,21 @@ use std::time::Duration;
 /// not run by systemd with `Type=notify`.
 pub fn send(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let Ok(sock) = UnixDatagram::unbound() else { return };
+    if let Err(e) = send_to(&path, state) {
+        tracing::debug!("sd_notify {state:?} failed: {e}");
+    }
+}
+
+/// Never waits: a listener that does not read (its queue full) must not stop the supervisor's
+/// thread. The notification is then dropped; the next `STATUS=` carries the whole summary again.
+fn send_to(path: &std::ffi::OsStr, state: &str) -> std::io::Result<usize> {
+    let sock = UnixDatagram::unbound()?;
+    sock.set_nonblocking(true)?;
     let bytes = path.as_encoded_bytes();
-    let result = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+    if let Some(abstract_name) = bytes.strip_prefix(b"@") {
         send_abstract(&sock, abstract_name, state)
     } else {
-        sock.send_to(state.as_bytes(), &path)
-    };
-    if let Err(e) = result {
-        tracing::debug!("sd_notify {state:?} failed: {e}");
+        sock.send_to(state.as_bytes(), path)
     }
 }
 
@@ -58,5 +64,27 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = server.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
+    }
+
+    #[test]
+    fn a_listener_that_does_not_read_never_blocks_the_sender() {
+        // The benchmark's listener stopped reading after READY=1; STATUS= lines then filled its
+        // queue and a blocking send hung air-nanny's only runtime thread.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let _server = UnixDatagram::bind(&path).unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || {
+            let mut dropped = 0;
+            for i in 0..1000 {
+                if send_to(p.as_os_str(), &format!("STATUS={i}/1000 running")).is_err() {
+                    dropped += 1;
+                }
+            }
+            done.send(dropped).unwrap();
+        });
+        let dropped = finished.recv_timeout(Duration::from_secs(20)).expect("sending must not block");
+        assert!(dropped > 0, "a full queue is reported as an error, not waited out");
     }
 }

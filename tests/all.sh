@@ -13,6 +13,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# Prometheus' own text parser, for the /metrics test (tests/metrics/check.py).
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+    if python3 -m pip --version >/dev/null 2>&1; then
+        python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'prometheus-client==0.21.1'
+    else
+        apt-get update -qq && apt-get install -y -qq python3-prometheus-client
+    fi
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

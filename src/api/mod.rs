@@ -149,10 +149,12 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::POST, "/task/stop", post(task_stop)),
         (Method::POST, "/task/restart", post(task_restart)),
         (Method::GET, "/task/logs", get(task_logs)),
+        (Method::GET, "/task/events", get(task_events)),
         (Method::GET, "/task/order", get(task_order)),
         (Method::POST, "/reload", post(reload)),
         (Method::GET, "/audit", get(audit)),
         (Method::GET, "/health", get(health)),
+        (Method::GET, "/metrics", get(metrics)),
         (Method::GET, "/openapi.json", get(openapi)),
         (Method::GET, "/", get(console)),
     ]
@@ -170,6 +172,11 @@ pub fn router(state: AppState) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
         })
         .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(middleware::from_fn(|req: Request, next: Next| async move {
+            let resp = next.run(req).await;
+            crate::metrics::count_request(resp.status().as_u16());
+            resp
+        }))
         .layer(middleware::from_fn(move |req: Request, next: Next| async move {
             match tokio::time::timeout(timeout, next.run(req)).await {
                 Ok(resp) => resp,
@@ -240,6 +247,16 @@ async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> R
     }
     req.extensions_mut().insert(identity.clone());
     let query_name = query(req.uri().query().map(str::to_string)).remove("name");
+    let early_operator_event =
+        query_name.as_deref().filter(|n| mutating && !open && crate::config::service::check_name(n).is_ok()).map(|n| {
+            // Only for a service there is: a request for an unknown name makes no history.
+            (n.to_string(), format!("{method} {path} by {} from {peer}", identity.label()))
+        });
+    if let Some((service, message)) = &early_operator_event {
+        if state.supervisor.get(service).await.is_some() || state.store.get(service).await.is_some() {
+            state.supervisor.journal().record(service, crate::events::Kind::Operator, message.clone());
+        }
+    }
     let mut resp = next.run(req).await;
     if mutating && !open {
         let service = resp.extensions_mut().remove::<AuditService>().map(|s| s.0).or(query_name);
@@ -256,6 +273,23 @@ async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> R
             result,
         };
         tracing::info!(peer = %record.peer, identity = %record.identity, method = %record.method, path = %record.endpoint, service = record.service.as_deref().unwrap_or("-"), status = record.status, "api change");
+        // The service's history: a request named in its query was recorded as it began (before
+        // the events it causes); its failure, or a change named in its body, is recorded now.
+        // Requests for no such service, or malformed ones, leave no history.
+        let recorded_early = early_operator_event.is_some();
+        let counts = !matches!(record.status, 400 | 404);
+        if let Some(service) = record.service.as_deref().filter(|_| counts) {
+            if !recorded_early || !status.is_success() {
+                state.supervisor.journal().record(
+                    service,
+                    crate::events::Kind::Operator,
+                    format!(
+                        "{} {} by {} from {}: {}",
+                        record.method, record.endpoint, record.identity, record.peer, record.result
+                    ),
+                );
+            }
+        }
         if let Err(e) = state.audit.append(record).await {
             // The change is made; its answer says the trail could not record it.
             tracing::error!("cannot write the audit trail {}: {e}", state.audit.path().display());
@@ -538,14 +572,24 @@ async fn task_restart(State(s): State<AppState>, RawQuery(q): RawQuery) -> Resul
     task_verb(s, q, Verb::Restart).await
 }
 
-async fn task_logs(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
-    let lines = match query(q.clone()).get("lines") {
-        None => 100,
-        Some(n) => match n.parse::<usize>() {
-            Ok(n) if (1..=10_000).contains(&n) => n,
-            _ => return Err(ApiError::bad("lines", format!("{n:?} is not a number of lines from 1 to 10000"))),
+/// A whole-number query parameter within `range`, `default` when absent.
+fn number_param(
+    q: &HashMap<String, String>,
+    key: &str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ApiError> {
+    match q.get(key) {
+        None => Ok(default),
+        Some(n) => match n.parse::<u64>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err(ApiError::bad(key, format!("{n:?} is not a number from {} to {}", range.start(), range.end()))),
         },
-    };
+    }
+}
+
+async fn task_logs(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let lines = number_param(&query(q.clone()), "lines", 100, 1..=10_000)? as usize;
     let name = name_param(q)?;
     let log = s.supervisor.log(&name).await.ok_or_else(|| ApiError::not_found(&name))?;
     let text = tokio::task::spawn_blocking(move || log.tail(lines))
@@ -553,6 +597,46 @@ async fn task_logs(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<R
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "log reader failed"))?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the log: {e}")))?;
     Ok(ok(json!({ "name": name, "lines": text.lines().collect::<Vec<_>>() })))
+}
+
+/// The longest a `/task/events?wait=` waits for a new event.
+const EVENTS_WAIT_MAX: u64 = 30;
+
+/// A service's history (`?since=SEQ` for what is newer, `?limit=` the newest N, default 100, at
+/// most 1000, oldest first). With `?wait=SECONDS` (at most 30) and nothing newer than `since`, it
+/// answers when the next event is written or the time is up (long-poll: how `ctl events -f` and
+/// the console follow a service).
+async fn task_events(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let params = query(q.clone());
+    let limit = number_param(&params, "limit", 100, 1..=1000)? as usize;
+    let since = match params.get("since") {
+        None => None,
+        Some(_) => Some(number_param(&params, "since", 0, 0..=u64::MAX)?),
+    };
+    let wait = number_param(&params, "wait", 0, 0..=EVENTS_WAIT_MAX)?;
+    let name = name_param(q)?;
+    if s.store.get(&name).await.is_none() && s.supervisor.get(&name).await.is_none() {
+        return Err(ApiError::not_found(&name));
+    }
+    // A wait ends before the API's own timeout would answer 504.
+    let wait = Duration::from_secs(wait).min(s.settings.api_timeout.saturating_sub(Duration::from_secs(1)));
+    let deadline = tokio::time::Instant::now() + wait;
+    let journal = s.supervisor.journal().clone();
+    let mut written = journal.subscribe();
+    loop {
+        written.borrow_and_update();
+        let (j, n) = (journal.clone(), name.clone());
+        let events = tokio::task::spawn_blocking(move || j.read(&n, since, limit))
+            .await
+            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "event reader failed"))?
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the events: {e}")))?;
+        if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(ok(json!({ "name": name, "events": events })));
+        }
+        if tokio::time::timeout_at(deadline, written.changed()).await.is_err() {
+            return Ok(ok(json!({ "name": name, "events": events })));
+        }
+    }
 }
 
 async fn reload(State(s): State<AppState>) -> Result<Response, ApiError> {
@@ -597,18 +681,31 @@ async fn task_order(State(s): State<AppState>) -> Response {
 
 /// The newest records of the audit trail (`?limit=`, default 100, at most 10000), oldest first.
 async fn audit(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
-    let limit = match query(q).get("limit") {
-        None => 100,
-        Some(n) => match n.parse::<usize>() {
-            Ok(n) if (1..=10_000).contains(&n) => n,
-            _ => return Err(ApiError::bad("limit", format!("{n:?} is not a number from 1 to 10000"))),
-        },
-    };
+    let limit = number_param(&query(q), "limit", 100, 1..=10_000)? as usize;
     let records =
         s.audit.tail(limit).await.map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the audit trail: {e}"))
         })?;
     Ok(ok(records))
+}
+
+/// Prometheus metrics (text exposition format); a read token suffices. The cgroup and /proc
+/// files are read on a blocking thread.
+async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let tasks = s.supervisor.list().await;
+    let dirs: Vec<Option<std::path::PathBuf>> = tasks.iter().map(|t| s.supervisor.cgroup_dir(&t.info.name)).collect();
+    let ownership = s.supervisor.ownership();
+    let text = tokio::task::spawn_blocking(move || {
+        let rows: Vec<_> = tasks
+            .into_iter()
+            .zip(dirs)
+            .map(|(t, dir)| (t, dir.map(|d| crate::metrics::read_usage(&d)).unwrap_or_default()))
+            .collect();
+        crate::metrics::render(&rows, crate::metrics::read_own(), ownership, SystemTime::now())
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "metrics failed"))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }
 
 /// The web console: one self-contained page, embedded in the binary (no CDN, no files to install).

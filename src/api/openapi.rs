@@ -81,6 +81,13 @@ pub fn document() -> Value {
                 { "name": "name", "in": "query", "required": true, "schema": { "type": "string" } },
                 { "name": "lines", "in": "query", "required": false, "schema": { "type": "integer", "default": 100 } }],
                 "responses": { "200": { "description": "SUCCESS" } } } },
+            "/task/events": { "get": { "summary": "A service's history of events (state changes, exits, health results, restarts and their causes, operator actions), oldest first, kept across restarts of air-nanny. With wait and nothing newer than since, answers when the next event is written (long-poll)",
+                "parameters": [
+                { "name": "name", "in": "query", "required": true, "schema": { "type": "string" } },
+                { "name": "since", "in": "query", "required": false, "description": "only events with a larger seq", "schema": { "type": "integer", "minimum": 0 } },
+                { "name": "limit", "in": "query", "required": false, "description": "the newest N", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } },
+                { "name": "wait", "in": "query", "required": false, "description": "seconds to wait for a new event", "schema": { "type": "integer", "minimum": 0, "maximum": 30, "default": 0 } }],
+                "responses": { "200": { "description": "SUCCESS: data is {name, events: [{seq, time, kind, message, state?, output?}…]}" }, "400": { "description": "bad parameter" }, "404": { "description": "no such service" } } } },
             "/reload": { "post": op("Re-read services.json and apply only the difference (as SIGHUP)", false, false) },
             "/task/order": { "get": { "summary": "The boot order of services.json: groups started one after the other (init first, then by priority), reversed at shutdown",
                 "responses": { "200": { "description": "SUCCESS: data is [{isInit, priority, services: [name…]}…]" } } } },
@@ -89,6 +96,8 @@ pub fn document() -> Value {
                 "responses": { "200": { "description": "SUCCESS" }, "400": { "description": "bad limit" }, "401": { "description": "missing or wrong bearer token" } } } },
             "/health": { "get": { "summary": "Liveness of air-nanny itself (no token needed)", "security": [],
                 "responses": { "200": { "description": "SUCCESS" } } } },
+            "/metrics": { "get": { "summary": "Prometheus metrics (text exposition format 0.0.4): per service state, health, failing streak, restarts, start and stop faults, processes, uptime, last exit, and from its cgroup memory and CPU; air-nanny's own resident memory, open descriptors and API requests. A read token suffices",
+                "responses": { "200": { "description": "text/plain; version=0.0.4" }, "401": { "description": "missing or wrong bearer token" } } } },
             "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "the document" } } } },
             "/": { "get": { "summary": "The web console (HTML; no token needed for the page, it asks for one)", "security": [],
                 "responses": { "200": { "description": "text/html" } } } }

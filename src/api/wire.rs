@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -56,8 +56,45 @@ pub struct TaskWire<'a> {
     pub since: u64,
     #[serde(rename = "LastExit", skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<&'a str>,
+    /// Extension: when `LastExit` happened (Unix seconds).
+    #[serde(rename = "LastExitTime", skip_serializing_if = "Option::is_none")]
+    pub last_exit_time: Option<u64>,
     #[serde(rename = "LastError", skip_serializing_if = "Option::is_none")]
     pub last_error: Option<&'a str>,
+    #[serde(rename = "LastErrorTime", skip_serializing_if = "Option::is_none")]
+    pub last_error_time: Option<u64>,
+    /// Extension: consecutive failed health checks of the current run (with a check).
+    #[serde(rename = "HealthStreak", skip_serializing_if = "Option::is_none")]
+    pub health_streak: Option<u32>,
+    /// Extension: the latest health check of the current run.
+    #[serde(rename = "LastCheck", skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<CheckWire<'a>>,
+    /// Extension: in backoff, when the next start is due (Unix milliseconds) and why it restarts.
+    #[serde(rename = "NextStart", skip_serializing_if = "Option::is_none")]
+    pub next_start: Option<u64>,
+    #[serde(rename = "RestartCause", skip_serializing_if = "Option::is_none")]
+    pub restart_cause: Option<&'static str>,
+}
+
+/// A health check as the task object shows it.
+#[derive(Serialize)]
+pub struct CheckWire<'a> {
+    /// Unix seconds.
+    #[serde(rename = "Time")]
+    pub time: u64,
+    #[serde(rename = "DurationMs")]
+    pub duration_ms: u64,
+    #[serde(rename = "Ok")]
+    pub ok: bool,
+    #[serde(rename = "Error", skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+    /// The first 512 bytes of what it printed.
+    #[serde(rename = "Output")]
+    pub output: &'a str,
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl<'a> From<&'a TaskSnapshot> for TaskWire<'a> {
@@ -71,9 +108,23 @@ impl<'a> From<&'a TaskSnapshot> for TaskWire<'a> {
             state_name: t.state.name(),
             health: t.health.name(),
             restarts: t.restarts,
-            since: t.since.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            since: unix_secs(t.since),
             last_exit: t.last_exit.as_deref(),
+            last_exit_time: t.last_exit_at.map(unix_secs),
             last_error: t.last_error.as_deref(),
+            last_error_time: t.last_error_at.map(unix_secs),
+            health_streak: t.info.health_check.is_health_check.then_some(t.streak),
+            last_check: t.last_check.as_ref().map(|c| CheckWire {
+                time: unix_secs(c.at),
+                duration_ms: c.took.as_millis().min(u64::MAX as u128) as u64,
+                ok: c.failure.is_none(),
+                error: c.failure.as_deref(),
+                output: &c.output,
+            }),
+            next_start: t
+                .next_try
+                .map(|(at, _)| at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)),
+            restart_cause: t.next_try.map(|(_, cause)| cause),
         }
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::state::{Health, State};
+use crate::events::Kind;
 use crate::process::ProcTable;
 
 /// How a start (or a stop of a service with no known process) learns whether the program runs.
@@ -64,8 +65,8 @@ pub enum Phase {
     /// (what it launched is then stopped too). `then` says what follows.
     Stopping { gen: u64, pids: Vec<i32>, start: Option<u64>, then: Then },
     /// Waiting out the restart backoff. `known_absent`: the program was seen gone, so the next
-    /// start need not look for it.
-    Backoff { until: Instant, attempt: u32, known_absent: bool },
+    /// start need not look for it. `cause`: why it is restarted.
+    Backoff { until: Instant, attempt: u32, known_absent: bool, cause: &'static str },
     /// A one-shot program (not a daemon) ended; it is not restarted.
     Exited { status: String },
     /// Given up: the start limit was reached, or a one-shot program failed to start.
@@ -210,8 +211,9 @@ pub enum Action {
         pid: i32,
     },
     Answer(Answer),
-    /// A line for the service log (and air-nanny's log at this level).
-    Note(Level, String),
+    /// A line for the service log (and air-nanny's log at this level), and an event of this kind
+    /// in the service's history.
+    Note(Level, Kind, String),
 }
 
 /// The answer to the requests waiting on the service.
@@ -239,9 +241,18 @@ pub struct Machine {
     pub stop_faults: u64,
     pub last_exit: Option<String>,
     pub last_error: Option<String>,
+    /// Counts the exits and errors recorded: an observer stamps the time of a new one by these
+    /// (the same text may come twice).
+    pub exits: u64,
+    pub errors: u64,
     next_gen: u64,
     jitter: u64,
 }
+
+/// Why a daemon is restarted (in its notes and its backoff).
+const ENDED: &str = "the program ended";
+const UNHEALTHY: &str = "unhealthy";
+const START_FAILED: &str = "the start failed";
 
 const INTERRUPTED: &str = "interrupted: a stop was requested before it was running";
 
@@ -260,6 +271,8 @@ impl Machine {
             stop_faults: 0,
             last_exit: None,
             last_error: None,
+            exits: 0,
+            errors: 0,
             next_gen: 0,
             jitter: seed | 1,
         }
@@ -297,7 +310,25 @@ impl Machine {
     pub fn health(&self) -> Health {
         match &self.phase {
             Phase::Running { run: Run { checks: Some(c), .. }, .. } => c.health,
+            // Stopped for being unhealthy, before its restart: that is what observers should see.
+            Phase::Stopping { then: Then::Retry { .. }, .. } => Health::Unhealthy,
             _ => Health::None,
+        }
+    }
+
+    /// Consecutive failed health checks of the run in progress (outside its start period).
+    pub fn streak(&self) -> u32 {
+        match &self.phase {
+            Phase::Running { run: Run { checks: Some(c), .. }, .. } => c.failures,
+            _ => 0,
+        }
+    }
+
+    /// In backoff: when the next start is due, and why the service is restarted.
+    pub fn backoff(&self) -> Option<(Instant, &'static str)> {
+        match &self.phase {
+            Phase::Backoff { until, cause, .. } => Some((*until, cause)),
+            _ => None,
         }
     }
 
@@ -317,6 +348,16 @@ impl Machine {
         let phase = std::mem::replace(&mut self.phase, Phase::Stopped);
         self.phase = self.decide(phase, input, l, now, &mut out);
         out
+    }
+
+    fn set_error(&mut self, e: String) {
+        self.last_error = Some(e);
+        self.errors += 1;
+    }
+
+    fn set_exit(&mut self, e: String) {
+        self.last_exit = Some(e);
+        self.exits += 1;
     }
 
     fn gen(&mut self) -> u64 {
@@ -396,12 +437,16 @@ impl Machine {
                 p
             }
             (P::Running { run, .. }, I::Configure { changed: true, .. }) => {
-                out.push(Action::Note(Level::Info, "configuration changed: restarting".into()));
+                out.push(Action::Note(Level::Info, Kind::Config, "configuration changed: restarting".into()));
                 self.stop(run.pids, Lookup::Absent, None, Then::Start, out)
             }
             (p @ P::Starting { .. }, I::Configure { changed: false, .. }) => p,
             (P::Starting { gen, .. }, I::Configure { changed: true, .. }) => {
-                out.push(Action::Note(Level::Info, "configuration changed during the start: starting again".into()));
+                out.push(Action::Note(
+                    Level::Info,
+                    Kind::Config,
+                    "configuration changed during the start: starting again".into(),
+                ));
                 out.push(Action::CancelStart { gen });
                 let stop = self.gen();
                 P::Stopping { gen: stop, pids: vec![], start: Some(gen), then: Then::Start }
@@ -429,10 +474,8 @@ impl Machine {
 
             // ---- a start reports
             (P::Starting { gen, attempt, .. }, I::Started { gen: g, outcome }) if g == gen => match outcome {
-                StartOutcome::Running { pids, adopted } if !pids.is_empty() => {
-                    if !adopted {
-                        self.last_error = None;
-                    }
+                // `last_error` stays: it is the last error, with its time, until there is another.
+                StartOutcome::Running { pids, .. } if !pids.is_empty() => {
                     out.push(Action::Answer(Answer::Start(Ok(()))));
                     out.push(Action::Watch { gen, pids: pids.clone() });
                     P::Running { run: Run { gen, pids, since: now, checks: Self::checks(l, now) }, attempt }
@@ -465,19 +508,21 @@ impl Machine {
             (P::Stopping { gen, start: None, then, .. }, I::Stopped { gen: g, fault }) if g == gen => {
                 if let Some(f) = &fault {
                     self.stop_faults += 1;
-                    self.last_error = Some(f.clone());
-                    out.push(Action::Note(Level::Warn, format!("stop fault: {f}")));
+                    self.set_error(f.clone());
+                    out.push(Action::Note(Level::Warn, Kind::Stop, format!("stop fault: {f}")));
                 } else {
-                    out.push(Action::Note(Level::Info, "stopped".into()));
+                    out.push(Action::Note(Level::Info, Kind::Stop, "stopped".into()));
                 }
                 let clean = fault.is_none();
                 out.push(Action::Answer(Answer::Stop(fault)));
                 match then {
                     Then::Stay => P::Stopped,
                     Then::Start => self.start(0, if clean { Lookup::Absent } else { Lookup::Scan }, l, now, out),
-                    Then::Retry { ran_for, attempt } => self.after_failure(ran_for, attempt, clean, None, l, now, out),
+                    Then::Retry { ran_for, attempt } => {
+                        self.after_failure(ran_for, attempt, clean, None, UNHEALTHY, l, now, out)
+                    }
                     Then::Fail { attempt, reason } => {
-                        self.after_failure(Duration::ZERO, attempt, false, Some(reason), l, now, out)
+                        self.after_failure(Duration::ZERO, attempt, false, Some(reason), START_FAILED, l, now, out)
                     }
                 }
             }
@@ -485,7 +530,7 @@ impl Machine {
             // ---- the program's processes
             (P::Running { mut run, attempt }, I::Gone { gen, pid, exit }) if gen == run.gen => {
                 if let Some(e) = &exit {
-                    self.last_exit = Some(e.clone());
+                    self.set_exit(e.clone());
                 }
                 run.pids.retain(|p| *p != pid);
                 // A direct-mode child (its exit is known) is the program: when it ends, the run
@@ -520,7 +565,7 @@ impl Machine {
             }
             (P::Running { run, attempt }, I::Emptied { gen, exit }) if gen == run.gen => {
                 if let Some(e) = &exit {
-                    self.last_exit = Some(e.clone());
+                    self.set_exit(e.clone());
                 }
                 self.died(run, attempt, exit, l, now, out)
             }
@@ -538,7 +583,7 @@ impl Machine {
             }
 
             // ---- backoff over
-            (P::Backoff { until, attempt, known_absent }, I::Tick) if until <= now => {
+            (P::Backoff { until, attempt, known_absent, .. }, I::Tick) if until <= now => {
                 self.restarts += 1;
                 self.start(attempt, if known_absent { Lookup::Absent } else { Lookup::Scan }, l, now, out)
             }
@@ -574,15 +619,15 @@ impl Machine {
 
     fn count_start_fault(&mut self, reason: &str, out: &mut Vec<Action>) {
         self.start_faults += 1;
-        self.last_error = Some(reason.to_string());
-        out.push(Action::Note(Level::Warn, format!("start failed: {reason}")));
+        self.set_error(reason.to_string());
+        out.push(Action::Note(Level::Warn, Kind::Start, format!("start failed: {reason}")));
     }
 
     fn start_failed(&mut self, reason: String, attempt: u32, l: &Limits, now: Instant, out: &mut Vec<Action>) -> Phase {
         self.count_start_fault(&reason, out);
         out.push(Action::Answer(Answer::Start(Err(reason.clone()))));
         // The start may have launched the program before failing: the retry must look for it.
-        self.after_failure(Duration::ZERO, attempt, false, Some(reason), l, now, out)
+        self.after_failure(Duration::ZERO, attempt, false, Some(reason), START_FAILED, l, now, out)
     }
 
     fn died(
@@ -596,12 +641,12 @@ impl Machine {
     ) -> Phase {
         let how = exit.unwrap_or_else(|| "exited".into());
         let level = if l.daemon { Level::Warn } else { Level::Info };
-        out.push(Action::Note(level, format!("program ended ({how})")));
+        out.push(Action::Note(level, Kind::Exit, format!("program ended ({how})")));
         let ran_for = now.saturating_duration_since(run.since);
         if !l.daemon {
             return Phase::Exited { status: how };
         }
-        self.after_failure(ran_for, attempt, true, None, l, now, out)
+        self.after_failure(ran_for, attempt, true, None, ENDED, l, now, out)
     }
 
     /// After a failed run or start: back off and restart (daemon), or stay down.
@@ -612,6 +657,7 @@ impl Machine {
         attempt: u32,
         known_absent: bool,
         start_failure: Option<String>,
+        cause: &'static str,
         l: &Limits,
         now: Instant,
         out: &mut Vec<Action>,
@@ -627,17 +673,18 @@ impl Machine {
         let attempt = attempt.saturating_add(1);
         if l.start_limit > 0 && attempt >= l.start_limit {
             let reason = format!("gave up after {} consecutive failures (START_LIMIT)", l.start_limit);
-            self.last_error = Some(reason.clone());
-            out.push(Action::Note(Level::Error, reason.clone()));
+            self.set_error(reason.clone());
+            out.push(Action::Note(Level::Error, Kind::Restart, format!("{reason} (last: {cause})")));
             return Phase::Failed { reason };
         }
         let lookup = if known_absent { Lookup::Absent } else { Lookup::Scan };
         if delay.is_zero() {
             self.restarts += 1;
+            out.push(Action::Note(Level::Info, Kind::Restart, format!("restarting now ({cause})")));
             return self.start(attempt, lookup, l, now, out);
         }
-        out.push(Action::Note(Level::Info, format!("restarting in {} ms", delay.as_millis())));
-        Phase::Backoff { until: at(now, delay), attempt, known_absent }
+        out.push(Action::Note(Level::Info, Kind::Restart, format!("restarting in {} ms ({cause})", delay.as_millis())));
+        Phase::Backoff { until: at(now, delay), attempt, known_absent, cause }
     }
 
     /// Exponential backoff with a cap and ±20 % jitter (so that services failing together do not
@@ -669,7 +716,7 @@ impl Machine {
         match result {
             Ok(()) => {
                 if c.health != Health::Healthy {
-                    out.push(Action::Note(Level::Info, "healthy".into()));
+                    out.push(Action::Note(Level::Info, Kind::Health, "healthy".into()));
                 }
                 c.failures = 0;
                 c.period_end = None;
@@ -679,6 +726,7 @@ impl Machine {
             Err(reason) if in_period => {
                 out.push(Action::Note(
                     Level::Info,
+                    Kind::Health,
                     format!("health check failed during start_period (not counted): {reason}"),
                 ));
                 c.next = Some(at(now, plan.start_interval));
@@ -688,18 +736,20 @@ impl Machine {
                 c.failures = c.failures.saturating_add(1);
                 out.push(Action::Note(
                     Level::Info,
+                    Kind::Health,
                     format!("health check failed ({}/{}): {reason}", c.failures, plan.retries),
                 ));
                 c.next = Some(at(now, plan.interval));
                 if c.failures >= plan.retries {
                     c.health = Health::Unhealthy;
-                    self.last_error = Some(format!("unhealthy: {reason}"));
+                    self.set_error(format!("unhealthy: {reason}"));
                     out.push(Action::Note(
                         Level::Warn,
+                        Kind::Health,
                         format!("unhealthy after {} failed checks: {reason}", plan.retries),
                     ));
                     if l.daemon {
-                        out.push(Action::Note(Level::Info, "unhealthy: restarting".into()));
+                        out.push(Action::Note(Level::Info, Kind::Restart, "unhealthy: restarting".into()));
                         let ran_for = now.saturating_duration_since(run.since);
                         return self.stop(run.pids, Lookup::Absent, None, Then::Retry { ran_for, attempt }, out);
                     }

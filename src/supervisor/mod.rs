@@ -118,6 +118,9 @@ pub struct Supervisor {
     tx: mpsc::Sender<Command>,
     booted: watch::Receiver<bool>,
     cgroups: bool,
+    journal: crate::events::Journal,
+    /// Where the services' cgroups are (with cgroups).
+    hierarchy: Option<crate::cgroup::Hierarchy>,
 }
 
 impl Supervisor {
@@ -142,8 +145,11 @@ impl Supervisor {
         let (tx, rx) = mpsc::channel(64);
         let (booted_tx, booted) = watch::channel(false);
         let has_cgroups = cgroups.is_some();
+        let hierarchy = cgroups.as_ref().map(|c| c.hierarchy.clone());
         let ledger = cgroups.is_none().then(|| Arc::new(crate::ledger::Ledger::open(&settings.state_dir)));
+        let journal = crate::events::Journal::new(&settings.state_dir);
         let actor = Actor {
+            journal: journal.clone(),
             settings,
             store,
             reaper,
@@ -156,7 +162,7 @@ impl Supervisor {
             shutdown,
         };
         let join = tokio::spawn(actor.run(rx, tx.downgrade(), booted_tx));
-        Ok((Supervisor { tx, booted, cgroups: has_cgroups }, join))
+        Ok((Supervisor { tx, booted, cgroups: has_cgroups, journal, hierarchy }, join))
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
@@ -203,6 +209,16 @@ impl Supervisor {
         }
     }
 
+    /// Every service's history of events.
+    pub fn journal(&self) -> &crate::events::Journal {
+        &self.journal
+    }
+
+    /// The directory of a service's cgroup (with cgroups).
+    pub fn cgroup_dir(&self, name: &str) -> Option<std::path::PathBuf> {
+        self.hierarchy.as_ref().map(|h| h.service(name).dir().to_path_buf())
+    }
+
     /// The log of a service that has (or had) a task.
     pub async fn log(&self, name: &str) -> Option<ServiceLog> {
         self.ask(|tx| Command::Log(name.to_string(), tx)).await.flatten()
@@ -244,6 +260,8 @@ struct Actor {
     cgroups: Option<Cgroups>,
     /// Without cgroups: the record of each service's processes (pid, start time).
     ledger: Option<Arc<crate::ledger::Ledger>>,
+    /// Every service's history of events.
+    journal: crate::events::Journal,
     tasks: BTreeMap<String, ServiceHandle>,
     decisions: Decisions,
     /// The boot order of services.json, computed at start and at each reload.
@@ -268,6 +286,9 @@ impl Actor {
         }
         self.order = boot_order(&infos);
         self.reclaim();
+        // The histories of services no longer configured go (the history stays bounded).
+        let (journal, names) = (self.journal.clone(), infos.iter().map(|i| i.name.clone()).collect::<Vec<_>>());
+        tokio::task::spawn_blocking(move || journal.prune(|n| names.iter().any(|k| k == n)));
         let boot_cancel = self.shutdown.child_token();
         let scan = self.cgroups.is_none();
         let boot = tokio::spawn(boot(me, self.settings.group_start_timeout, scan, boot_cancel.clone(), booted));
@@ -361,6 +382,7 @@ impl Actor {
             self.reaper.clone(),
             self.cgroups.as_ref(),
             self.ledger.clone(),
+            self.journal.clone(),
         );
         self.tasks.insert(name, handle.clone());
         handle

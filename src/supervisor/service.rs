@@ -19,10 +19,11 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::machine::{Action, Answer, CheckPlan, Input, Level, Limits, Lookup, Machine, StartOutcome};
-use super::state::{State, TaskSnapshot};
+use super::state::{LastCheck, State, TaskSnapshot};
 use crate::allow::Policy;
 use crate::cgroup::{self, ServiceCgroup};
 use crate::config::{Probe, Resolved, ServiceInfo, Settings};
+use crate::events::{Journal, Kind};
 use crate::health;
 use crate::ledger::Ledger;
 use crate::logfile::ServiceLog;
@@ -84,6 +85,8 @@ struct Request {
 enum Msg {
     Request(Box<Request>),
     Event(Box<Input>),
+    /// A health check of run `gen` ended: recorded, then fed to the machine as `Checked`.
+    Checked(u64, Box<LastCheck>),
 }
 
 /// How actions and watchers report back: a weak sender, so that the task still ends when its last
@@ -93,8 +96,12 @@ struct Events(mpsc::WeakSender<Msg>);
 
 impl Events {
     async fn send(&self, input: Input) {
+        self.send_msg(Msg::Event(Box::new(input))).await
+    }
+
+    async fn send_msg(&self, msg: Msg) {
         if let Some(tx) = self.0.upgrade() {
-            let _ = tx.send(Msg::Event(Box::new(input))).await;
+            let _ = tx.send(msg).await;
         }
     }
 }
@@ -177,6 +184,7 @@ pub fn spawn(
     reaper: Reaper,
     cgroups: Option<&cgroup::Cgroups>,
     ledger: Option<Arc<Ledger>>,
+    journal: Journal,
 ) -> ServiceHandle {
     let owned = cgroups.and_then(|c| match Owned::new(c, &info.name) {
         Ok(o) => Some(o),
@@ -215,6 +223,10 @@ pub fn spawn(
         events: Events(tx.downgrade()),
         inbox,
         snapshot_tx,
+        journal,
+        check_output: None,
+        exits_seen: 0,
+        errors_seen: 0,
     };
     let populated_at_start = task.owned.as_ref().is_some_and(|o| !o.members().is_empty());
     tokio::spawn(task.run());
@@ -321,6 +333,13 @@ struct ServiceTask {
     events: Events,
     inbox: mpsc::Receiver<Msg>,
     snapshot_tx: watch::Sender<Arc<TaskSnapshot>>,
+    /// The service's history of events.
+    journal: Journal,
+    /// The output of the check being fed to the machine, for the health event it may cause.
+    check_output: Option<String>,
+    /// The machine's exit and error counts last published (a new one is stamped with the time).
+    exits_seen: u64,
+    errors_seen: u64,
 }
 
 impl ServiceTask {
@@ -331,6 +350,7 @@ impl ServiceTask {
                 msg = self.inbox.recv() => match msg {
                     Some(Msg::Request(r)) => self.on_request(*r),
                     Some(Msg::Event(input)) => self.feed(*input),
+                    Some(Msg::Checked(gen, check)) => self.on_checked(gen, *check),
                     None if self.at_rest() => break,
                     None => self.wind_down(),
                 },
@@ -478,9 +498,13 @@ impl ServiceTask {
                     let _ = w.send(Ok(Done { stop_fault: fault.clone() }));
                 }
             }
-            Action::Note(level, text) => {
+            Action::Note(level, kind, text) => {
                 self.log.note(&text);
                 let name = &self.info.name;
+                match kind {
+                    Kind::Health => self.journal.health(name, text.clone(), self.check_output.take()),
+                    _ => self.journal.record(name, kind, text.clone()),
+                }
                 match level {
                     Level::Info => tracing::info!(service = %name, "{text}"),
                     Level::Warn => tracing::warn!(service = %name, "{text}"),
@@ -496,9 +520,24 @@ impl ServiceTask {
     fn publish(&mut self) {
         let m = &self.machine;
         let state = m.state();
+        let now = SystemTime::now();
         if state != self.snap.state {
             self.snap.state = state;
-            self.snap.since = SystemTime::now();
+            self.snap.since = now;
+        }
+        if m.exits != self.exits_seen {
+            self.exits_seen = m.exits;
+            self.snap.last_exit_at = Some(now);
+        }
+        if m.errors != self.errors_seen {
+            self.errors_seen = m.errors;
+            self.snap.last_error_at = Some(now);
+        }
+        self.snap.streak = m.streak();
+        self.snap.next_try =
+            m.backoff().map(|(until, cause)| (now + until.saturating_duration_since(Instant::now()), cause));
+        if m.run_gen().is_none() && state != State::Stopping {
+            self.snap.last_check = None;
         }
         if !Arc::ptr_eq(&self.snap.info, &self.info) {
             self.snap.info = self.info.clone();
@@ -522,6 +561,9 @@ impl ServiceTask {
         let before = self.snapshot_tx.send_replace(Arc::new(self.snap.clone()));
         if before.state != self.snap.state || before.health != self.snap.health {
             super::state::STATUS_CHANGED.notify_one();
+        }
+        if before.state != self.snap.state {
+            self.journal.state(&self.info.name, self.snap.state.name(), describe(&self.snap));
         }
     }
 
@@ -754,25 +796,79 @@ impl ServiceTask {
         };
         let probe = run.info.health_check.probe();
         if probe == Probe::ProcessAlive {
+            let started = std::time::Instant::now();
             let alive = match &self.owned {
                 Some(o) => !o.members().is_empty(),
                 None => self.machine.pids().iter().any(|p| process::is_alive(*p)),
             };
             let result = if alive { Ok(()) } else { Err("no live process of the program".into()) };
+            let check = LastCheck {
+                at: SystemTime::now(),
+                took: started.elapsed(),
+                failure: result.clone().err(),
+                output: String::new(),
+            };
+            self.snap.last_check = Some(check);
             return Some(Input::Checked { gen, result });
         }
         let timeout = Duration::from_secs(run.info.health_check.timeout);
         let token = self.run_token.get_or_insert_with(CancellationToken::new).clone();
         let (tx, reaper, log) = (self.events.clone(), self.reaper.clone(), self.log.clone());
         tokio::spawn(async move {
+            let at = SystemTime::now();
+            let started = std::time::Instant::now();
             tokio::select! {
-                result = health::check(&probe, timeout, &reaper, &log, &run.paths) => {
-                    tx.send(Input::Checked { gen, result }).await;
+                outcome = health::check(&probe, timeout, &reaper, &log, &run.paths) => {
+                    let check = LastCheck { at, took: started.elapsed(), failure: outcome.result.err(), output: outcome.output };
+                    tx.send_msg(Msg::Checked(gen, Box::new(check))).await;
                 }
                 _ = token.cancelled() => {}
             }
         });
         None
+    }
+
+    /// A check of run `gen` ended: what it found is shown, and the machine decides.
+    fn on_checked(&mut self, gen: u64, check: LastCheck) {
+        if self.machine.run_gen() != Some(gen) {
+            return;
+        }
+        let result = match &check.failure {
+            None => Ok(()),
+            Some(reason) => Err(reason.clone()),
+        };
+        self.check_output = Some(check.output.clone());
+        self.snap.last_check = Some(check);
+        self.feed(Input::Checked { gen, result });
+        self.check_output = None;
+    }
+}
+
+/// What a state event says besides the state: the processes of a run, the cause and time of a
+/// restart, how a one-shot program ended, why a service was given up.
+fn describe(t: &TaskSnapshot) -> String {
+    let name = t.state.name();
+    match t.state {
+        State::Running if !t.pids.is_empty() => {
+            let pids: Vec<String> = t.pids.iter().map(i32::to_string).collect();
+            format!("{name} (pid {})", pids.join(", "))
+        }
+        State::Backoff => match t.next_try {
+            Some((at, cause)) => {
+                let ms = at.duration_since(SystemTime::now()).unwrap_or_default().as_millis();
+                format!("{name}: {cause}; next start in {ms} ms")
+            }
+            None => name.to_string(),
+        },
+        State::Exited => match &t.last_exit {
+            Some(e) => format!("{name} ({e})"),
+            None => name.to_string(),
+        },
+        State::Failed => match &t.last_error {
+            Some(e) => format!("{name}: {e}"),
+            None => name.to_string(),
+        },
+        _ => name.to_string(),
     }
 }
 

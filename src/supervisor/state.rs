@@ -104,6 +104,17 @@ pub fn status_line<'a>(snapshots: impl Iterator<Item = &'a TaskSnapshot>) -> Str
     line
 }
 
+/// One health check as it ran.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastCheck {
+    pub at: SystemTime,
+    pub took: std::time::Duration,
+    /// `None` when it passed, else why it failed.
+    pub failure: Option<String>,
+    /// The start of what the check printed (or, for HTTP and TCP checks, what it found).
+    pub output: String,
+}
+
 /// A copy of one task's state, published by its service task after every change.
 #[derive(Debug, Clone)]
 pub struct TaskSnapshot {
@@ -118,7 +129,16 @@ pub struct TaskSnapshot {
     /// When the current state was entered.
     pub since: SystemTime,
     pub last_exit: Option<String>,
+    /// When `last_exit` happened.
+    pub last_exit_at: Option<SystemTime>,
     pub last_error: Option<String>,
+    pub last_error_at: Option<SystemTime>,
+    /// Consecutive failed health checks of the current run.
+    pub streak: u32,
+    /// The latest health check of the current run.
+    pub last_check: Option<LastCheck>,
+    /// In backoff: when the next start is due, and why it restarts.
+    pub next_try: Option<(SystemTime, &'static str)>,
     /// Grows with every published change: readers may cache what they derive from a snapshot.
     pub version: u64,
 }
@@ -135,7 +155,12 @@ impl PartialEq for TaskSnapshot {
             && self.health == o.health
             && self.since == o.since
             && self.last_exit == o.last_exit
+            && self.last_exit_at == o.last_exit_at
             && self.last_error == o.last_error
+            && self.last_error_at == o.last_error_at
+            && self.streak == o.streak
+            && self.last_check == o.last_check
+            && self.next_try == o.next_try
     }
 }
 
@@ -151,7 +176,12 @@ impl TaskSnapshot {
             health: Health::None,
             since: SystemTime::now(),
             last_exit: None,
+            last_exit_at: None,
             last_error: None,
+            last_error_at: None,
+            streak: 0,
+            last_check: None,
+            next_try: None,
             version: 0,
         }
     }

@@ -326,3 +326,122 @@ fn ctl_drives_a_running_instance() {
     assert!(out.lines().count() <= 3 && out.contains("[air-nanny]"), "{out}");
     assert_eq!(f.cli(&["ctl", "reload"]).0, 0);
 }
+
+/// `ctl` as systemctl users expect it: `status` in detail for several names, `start|stop|restart`
+/// of several names or `all`, `set -` from standard input, no colour when not on a terminal.
+#[test]
+fn ctl_status_in_detail_several_names_all_and_set_from_stdin() {
+    let f = Fixture::new();
+    let mut gps = f.direct_service("gps", 0, &["--heartbeat-ms", "50"]);
+    gps["healthCheck"] = json!({"isHealthCheck": true, "interval": 1, "timeout": 2, "retries": 3,
+                                "test": ["CMD-SHELL", "echo fix ok"]});
+    f.write_services(&json!([gps, f.direct_service("imu", 1, &[])]));
+    let n = f.start();
+    n.wait_running("gps");
+    n.wait_running("imu");
+    wait_until("a check", Duration::from_secs(10), || (n.task("gps")["Health"] == "healthy").then_some(()));
+    let (code, out, err) = f.cli(&["ctl", "status", "gps", "imu"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains('\u{1b}'), "no colour off a terminal: {out}");
+    for want in [
+        "● gps - running since",
+        "Health: healthy (failed in a row: 0); last check",
+        "| fix ok",
+        "Check: CMD-SHELL echo fix ok every 1s",
+        "Pids: ",
+        "Restarts: 0",
+        "Program: ",
+        "--heartbeat-ms 50",
+        "Boot: priority 0",
+        "[air-nanny] start:",
+        "● imu - running",
+    ] {
+        assert!(out.contains(want), "{want:?} missing in:\n{out}");
+    }
+    // Several names, then `all` (stopped in reverse start order).
+    assert_eq!(f.cli(&["ctl", "stop", "gps", "imu"]).0, 0);
+    assert_eq!((n.task("gps")["State"].clone(), n.task("imu")["State"].clone()), (json!(0), json!(0)));
+    let (code, out, _) = f.cli(&["ctl", "status", "gps", "imu"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("stopped since"), "{out}");
+    let (code, out, err) = f.cli(&["ctl", "start", "all"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("gps") && out.contains("imu"), "{out}");
+    assert_eq!(f.cli(&["ctl", "status", "gps", "imu"]).0, 0);
+    let (code, out, _) = f.cli(&["ctl", "--json", "restart", "all"]);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().len(), 2, "{out}");
+    let (code, _, err) = f.cli(&["ctl", "stop", "imu", "ghost"]);
+    assert_eq!(code, 1, "one of them failed");
+    assert!(err.contains("ghost"), "{err}");
+    assert_eq!(n.task("imu")["State"], 0, "the others are still done");
+    // `set -`: the service object on standard input.
+    let out = std::process::Command::new(crate::common::AIR_NANNY)
+        .args(["ctl", "set", "-", "--config"])
+        .arg(f.config())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(f.direct_service("baro", 2, &[]).to_string().as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    n.wait_running("baro");
+}
+
+/// `GET /metrics` parses with Prometheus' own parser (prometheus_client, PyPI; tests/all.sh
+/// installs it) and its values match `/task/get`, for a running service, one killed and
+/// restarted, and one stopped by the operator.
+#[test]
+fn metrics_parse_with_a_real_parser_and_match_the_tasks() {
+    let f = Fixture::new();
+    f.write_services(&json!([
+        f.direct_service("radio", 0, &[]),
+        f.direct_service("gps", 1, &[]),
+        f.direct_service("cam", 2, &[])
+    ]));
+    let n = f.start();
+    let first = n.wait_running("radio");
+    n.wait_running("gps");
+    n.wait_running("cam");
+    crate::common::kill9(first[0]);
+    wait_until("radio restarted", Duration::from_secs(10), || {
+        let p = n.pids("radio");
+        (!p.is_empty() && p != first).then_some(())
+    });
+    n.ok("POST", "/task/stop?name=cam", None);
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", f.port)).unwrap();
+        write!(c, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+        let mut raw = String::new();
+        c.read_to_string(&mut raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        (head.to_string(), body.to_string())
+    };
+    let (head, text) = get("/metrics");
+    assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
+    let (_, tasks) = get("/task/get");
+    std::fs::write(f.path("metrics.txt"), &text).unwrap();
+    std::fs::write(f.path("tasks.json"), &tasks).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/metrics/check.py"))
+        .arg(f.path("metrics.txt"))
+        .arg(f.path("tasks.json"))
+        .output()
+        .expect("python3 (tests/all.sh installs prometheus-client)");
+    assert!(
+        out.status.success(),
+        "{}{}\n(prometheus_client missing? tests/all.sh installs it)\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("air_nanny_service_restarts_total{service=\"radio\"} 1"), "{text}");
+    if crate::common::cgroups_here("metrics: cgroup CPU time") {
+        assert!(text.contains("air_nanny_service_cpu_seconds_total{service=\"gps\"}"), "{text}");
+    }
+}

@@ -7,6 +7,7 @@ mod common;
 mod api;
 mod check;
 mod engine;
+mod events;
 mod limits;
 mod logs;
 mod ownership;
