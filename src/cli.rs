@@ -108,8 +108,12 @@ pub enum CtlCommand {
     /// The tail of a service's log.
     Logs {
         name: String,
+        /// How many of the last lines
         #[arg(short = 'n', default_value_t = 50)]
         lines: usize,
+        /// Keep printing lines as they are written, across rotations (Ctrl-C ends)
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
     /// A service's history: state changes, exits, health results, restarts and their causes,
     /// operator actions (kept across restarts of air-nanny).

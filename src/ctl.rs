@@ -132,6 +132,39 @@ async fn events(target: &Target, name: &str, lines: usize, follow: bool, json: b
     }
 }
 
+/// `ctl logs NAME -f`: the last lines, then each line as it is written, by long-polling
+/// `/task/logs?after=OFFSET&wait=…` (a rotation is followed into the new file). With `--json`,
+/// one JSON string per line.
+async fn follow_log(target: &Target, name: &str, lines: usize, json: bool) -> i32 {
+    let mut path = format!("/task/logs?name={name}&lines={}", lines.clamp(1, 10_000));
+    loop {
+        let data = match target.call("GET", &path, None).await {
+            Ok(d) => d,
+            Err(msg) => {
+                eprintln!("error: {msg}");
+                return 1;
+            }
+        };
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            for l in data["lines"].as_array().into_iter().flatten() {
+                let l = l.as_str().unwrap_or_default();
+                let written = if json { writeln!(out, "{}", Value::from(l)) } else { writeln!(out, "{l}") }
+                    .and_then(|_| out.flush());
+                if written.is_err() {
+                    return 0; // the reader went away (`| head`)
+                }
+            }
+        }
+        let Some(offset) = data["offset"].as_u64() else {
+            eprintln!("error: this air-nanny cannot follow a log (no offset in its answer)");
+            return 1;
+        };
+        path = format!("/task/logs?name={name}&after={offset}&wait=25");
+    }
+}
+
 /// Colours for a terminal: only when stdout is one and `NO_COLOR` is not set.
 #[derive(Clone, Copy)]
 struct Paint(bool);
@@ -359,7 +392,8 @@ pub async fn run(target: &Target, cmd: CtlCommand, json: bool) -> i32 {
         CtlCommand::Del { name } => target.call("DELETE", &format!("/task/del{}", q(name)), None).await,
         CtlCommand::Reload => target.call("POST", "/reload", None).await,
         CtlCommand::Audit { lines } => target.call("GET", &format!("/audit?limit={lines}"), None).await,
-        CtlCommand::Logs { name, lines } => {
+        CtlCommand::Logs { name, lines, follow: true } => return follow_log(target, name, *lines, json).await,
+        CtlCommand::Logs { name, lines, follow: false } => {
             target.call("GET", &format!("/task/logs?name={name}&lines={lines}"), None).await
         }
         CtlCommand::Events { name, lines, follow } => return events(target, name, *lines, *follow, json).await,

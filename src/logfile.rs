@@ -120,10 +120,17 @@ impl ServiceLog {
 
     /// The last `lines` lines of the current file (and the previous one when the current is short).
     pub fn tail(&self, lines: usize) -> io::Result<String> {
+        Ok(self.tail_at(lines)?.0)
+    }
+
+    /// [`tail`](Self::tail), and the length of the current file it read: where a follower
+    /// ([`read_after`](Self::read_after)) goes on from.
+    pub fn tail_at(&self, lines: usize) -> io::Result<(String, u64)> {
         let path = self.path();
         let mut text =
             std::fs::read(&path)
                 .or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(Vec::new()) } else { Err(e) })?;
+        let offset = text.len() as u64;
         if text.iter().filter(|b| **b == b'\n').count() < lines {
             if let Ok(mut older) = std::fs::read(numbered(&path, 1)) {
                 older.extend_from_slice(&text);
@@ -133,8 +140,51 @@ impl ServiceLog {
         let s = String::from_utf8_lossy(&text);
         let all: Vec<&str> = s.lines().collect();
         let from = all.len().saturating_sub(lines);
-        Ok(all[from..].join("\n"))
+        Ok((all.get(from..).unwrap_or_default().join("\n"), offset))
     }
+
+    /// The whole lines written to the current file after byte `after`, at most about `max`
+    /// bytes of them (a line longer than `max` comes in pieces). A file now shorter than `after`
+    /// was rotated (copied to `.1` and truncated): reading starts again at its beginning.
+    pub fn read_after(&self, after: u64, max: usize) -> io::Result<Follow> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.path();
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Follow { lines: Vec::new(), offset: 0, rotated: after > 0 })
+            }
+            Err(e) => return Err(e),
+        };
+        let size = file.metadata()?.len();
+        let rotated = size < after;
+        let start = if rotated { 0 } else { after };
+        let want = (size - start).min(max as u64);
+        let mut buf = Vec::with_capacity(want as usize);
+        file.seek(SeekFrom::Start(start))?;
+        file.take(want).read_to_end(&mut buf)?;
+        // Only whole lines, unless one line alone fills the whole answer.
+        let used = match buf.iter().rposition(|b| *b == b'\n') {
+            Some(i) => i + 1,
+            None if buf.len() >= max => buf.len(),
+            None => 0,
+        };
+        buf.truncate(used);
+        let text = String::from_utf8_lossy(&buf);
+        let lines = text.lines().map(str::to_string).collect();
+        Ok(Follow { lines, offset: start + used as u64, rotated })
+    }
+}
+
+/// What a follower of a log reads: the new lines, and where to go on from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Follow {
+    pub lines: Vec<String>,
+    /// The byte of the current file after the last line returned.
+    pub offset: u64,
+    /// The file was rotated since `after`: `lines` start at its beginning (what was written just
+    /// before the rotation is in `NAME.log.1`).
+    pub rotated: bool,
 }
 
 /// Every open service log, for [`sweep_all`].
@@ -178,5 +228,34 @@ mod tests {
         let tail = log.tail(2).unwrap();
         assert!(tail.ends_with("line 049"), "{tail}");
         assert_eq!(tail.lines().count(), 2);
+    }
+
+    #[test]
+    fn a_follower_reads_whole_new_lines_and_starts_over_after_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ServiceLog::open(dir.path(), "svc", 1 << 20, 2);
+        log.append(b"one\ntwo\n");
+        let (tail, offset) = log.tail_at(10).unwrap();
+        assert_eq!((tail.as_str(), offset), ("one\ntwo", 8));
+        let f = log.read_after(offset, 4096).unwrap();
+        assert_eq!((f.lines.len(), f.offset, f.rotated), (0, 8, false), "nothing new");
+        log.append(b"three\nfour-without-end");
+        let f = log.read_after(offset, 4096).unwrap();
+        assert_eq!(f.lines, vec!["three"], "a line not yet ended waits");
+        assert_eq!(f.offset, 14);
+        log.append(b"\n");
+        let f = log.read_after(f.offset, 4096).unwrap();
+        assert_eq!(f.lines, vec!["four-without-end"]);
+        // A line longer than an answer comes in pieces.
+        log.append(&[b'x'; 100]);
+        let f2 = log.read_after(f.offset, 40).unwrap();
+        assert_eq!((f2.lines, f2.offset), (vec!["x".repeat(40)], f.offset + 40));
+        // Copy-and-truncate rotation: the file is shorter than the follower's offset.
+        log.inner.lock().unwrap().rotate().unwrap();
+        log.append(b"after\n");
+        let f = log.read_after(f.offset + 40, 4096).unwrap();
+        assert_eq!((f.lines, f.offset, f.rotated), (vec!["after".to_string()], 6, true));
+        let gone = ServiceLog::open(dir.path(), "never-written", 100, 1).read_after(5, 10).unwrap();
+        assert!(gone.rotated && gone.lines.is_empty());
     }
 }

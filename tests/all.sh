@@ -30,6 +30,8 @@ echo "== cargo test"
 cargo test --locked
 echo "== fuzz targets, 20 s each (tests/fuzz; stable Rust)"
 FUZZ_SECONDS=20 cargo test --locked --test fuzz -- --test-threads 2
+echo "== OpenAPI document against the live binary (schemathesis; tests/openapi/run.sh)"
+tests/openapi/run.sh
 echo "== packaging tools (packaging/setup.sh: the only step that installs; building needs no root)"
 packaging/setup.sh
 echo "== appliance: static builds, packages, lintian --pedantic, upgrades, offline roots, qemu smoke tests"

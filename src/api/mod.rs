@@ -510,6 +510,7 @@ async fn service_info_set(State(s): State<AppState>, body: Body) -> Result<Respo
     let (info, _) = service_body(&s, body).await?;
     let name = info.name.clone();
     s.store.upsert(info.clone()).await.map_err(store_error)?;
+    s.supervisor.changes().bump();
     Ok(audited(ok(info), name))
 }
 
@@ -521,17 +522,40 @@ fn audited(mut resp: Response, name: String) -> Response {
 async fn service_info_del(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     let name = name_param(q)?;
     let old = s.store.delete(&name).await.map_err(store_error)?;
+    s.supervisor.changes().bump();
     Ok(ok(old))
 }
 
-async fn task_get(State(s): State<AppState>) -> Response {
-    s.task_cache.list_response(&s.supervisor.list().await)
+/// The longest a `/task/get?wait=` waits for a change.
+const TASKS_WAIT_MAX: u64 = 30;
+
+/// Every task. Its `X-Tasks-Version` header counts the visible changes (a task's state, pids,
+/// health…, an operator's decision, a configuration written); with `?since=VERSION&wait=SECONDS`
+/// (at most 30) and no change since that version, it answers at the next change or when the time
+/// is up (long-poll: how the console stays live without re-fetching every second).
+async fn task_get(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let params = query(q);
+    let wait = number_param(&params, "wait", 0, 0..=TASKS_WAIT_MAX)?;
+    let since = position_param(&params, "since")?;
+    let changes = s.supervisor.changes();
+    let mut seen = changes.subscribe();
+    if let Some(since) = since.filter(|_| wait > 0) {
+        let wait = long_poll(&s.settings, wait);
+        let _ = tokio::time::timeout(wait, seen.wait_for(|v| *v != since)).await;
+    }
+    // The version is read before the list: a change in between is seen again, never missed.
+    let version = changes.current();
+    let (tasks, held) = (s.supervisor.list().await, s.supervisor.operator_stopped().await);
+    let mut resp = s.task_cache.list_response(&tasks, &held);
+    resp.headers_mut().insert("x-tasks-version", version.into());
+    Ok(resp)
 }
 
 async fn task_find(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     let name = name_param(q)?;
     let t = s.supervisor.get_fresh(&name).await.ok_or_else(|| ApiError::no_task(&name))?;
-    Ok(s.task_cache.one_response(&t))
+    let held = s.supervisor.operator_stopped().await.contains(&name);
+    Ok(s.task_cache.one_response(&t, held))
 }
 
 async fn task_set(State(s): State<AppState>, body: Body) -> Result<Response, ApiError> {
@@ -543,7 +567,7 @@ async fn task_set(State(s): State<AppState>, body: Body) -> Result<Response, Api
 
 async fn task_now(s: &AppState, name: &str) -> Result<Response, ApiError> {
     match s.supervisor.get(name).await {
-        Some(t) => Ok(s.task_cache.one_response(&t)),
+        Some(t) => Ok(s.task_cache.one_response(&t, s.supervisor.operator_stopped().await.contains(name))),
         None => Ok(ok(Value::Null)),
     }
 }
@@ -588,15 +612,59 @@ fn number_param(
     }
 }
 
+/// The most a `/task/logs?after=` answer carries (the rest comes with the next request).
+const LOG_FOLLOW_MAX: usize = 256 * 1024;
+
+/// How often a follower's wait looks at the log's size: programs write to their log file
+/// themselves, so air-nanny learns of new lines only by looking (one `fstat` per look, and only
+/// while someone follows).
+const LOG_FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// The tail of a service's log (`?lines=`), with `offset`, the length of the current file. With
+/// `?after=OFFSET` instead, the whole lines written since that byte; with `&wait=SECONDS` (at most
+/// 30) and nothing new, it answers when something is written or the time is up (how `ctl logs -f`
+/// follows a log). `rotated` says the file was rotated since `after` and the lines start at its
+/// beginning.
 async fn task_logs(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
-    let lines = number_param(&query(q.clone()), "lines", 100, 1..=10_000)? as usize;
+    let params = query(q.clone());
+    let lines = number_param(&params, "lines", 100, 1..=10_000)? as usize;
+    let after = position_param(&params, "after")?;
+    let wait = number_param(&params, "wait", 0, 0..=EVENTS_WAIT_MAX)?;
     let name = name_param(q)?;
     let log = s.supervisor.log(&name).await.ok_or_else(|| ApiError::not_found(&name))?;
-    let text = tokio::task::spawn_blocking(move || log.tail(lines))
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "log reader failed"))?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the log: {e}")))?;
-    Ok(ok(json!({ "name": name, "lines": text.lines().collect::<Vec<_>>() })))
+    let read_failed = |_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "log reader failed");
+    let cannot =
+        |e: std::io::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the log: {e}"));
+    let Some(after) = after else {
+        let (text, offset) =
+            tokio::task::spawn_blocking(move || log.tail_at(lines)).await.map_err(read_failed)?.map_err(cannot)?;
+        return Ok(ok(json!({ "name": name, "lines": text.lines().collect::<Vec<_>>(), "offset": offset })));
+    };
+    let wait = long_poll(&s.settings, wait);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let l = log.clone();
+        let f = tokio::task::spawn_blocking(move || l.read_after(after, LOG_FOLLOW_MAX))
+            .await
+            .map_err(read_failed)?
+            .map_err(cannot)?;
+        let now = tokio::time::Instant::now();
+        if !f.lines.is_empty() || f.rotated || f.offset != after || now >= deadline {
+            return Ok(ok(json!({ "name": name, "lines": f.lines, "offset": f.offset, "rotated": f.rotated })));
+        }
+        tokio::time::sleep_until((now + LOG_FOLLOW_POLL).min(deadline)).await;
+    }
+}
+
+/// How long a long-poll asked to wait `secs` may wait: it ends before the API's own timeout would
+/// answer 504.
+fn long_poll(settings: &Settings, secs: u64) -> Duration {
+    Duration::from_secs(secs).min(settings.api_timeout.saturating_sub(Duration::from_secs(1)))
+}
+
+/// An optional position in a stream (`since`, `after`): a whole number when present.
+fn position_param(q: &HashMap<String, String>, key: &str) -> Result<Option<u64>, ApiError> {
+    q.get(key).map(|_| number_param(q, key, 0, 0..=u64::MAX)).transpose()
 }
 
 /// The longest a `/task/events?wait=` waits for a new event.
@@ -609,17 +677,13 @@ const EVENTS_WAIT_MAX: u64 = 30;
 async fn task_events(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     let params = query(q.clone());
     let limit = number_param(&params, "limit", 100, 1..=1000)? as usize;
-    let since = match params.get("since") {
-        None => None,
-        Some(_) => Some(number_param(&params, "since", 0, 0..=u64::MAX)?),
-    };
+    let since = position_param(&params, "since")?;
     let wait = number_param(&params, "wait", 0, 0..=EVENTS_WAIT_MAX)?;
     let name = name_param(q)?;
     if s.store.get(&name).await.is_none() && s.supervisor.get(&name).await.is_none() {
         return Err(ApiError::not_found(&name));
     }
-    // A wait ends before the API's own timeout would answer 504.
-    let wait = Duration::from_secs(wait).min(s.settings.api_timeout.saturating_sub(Duration::from_secs(1)));
+    let wait = long_poll(&s.settings, wait);
     let deadline = tokio::time::Instant::now() + wait;
     let journal = s.supervisor.journal().clone();
     let mut written = journal.subscribe();
@@ -717,8 +781,9 @@ async fn console() -> Response {
         .into_response()
 }
 
-async fn openapi() -> Response {
-    axum::Json(openapi::document()).into_response()
+/// The OpenAPI document, with bearer security declared only when a token is configured.
+async fn openapi(State(s): State<AppState>) -> Response {
+    axum::Json(openapi::document(s.security.tokens().any())).into_response()
 }
 
 #[cfg(test)]

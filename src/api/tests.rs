@@ -5,7 +5,7 @@ use super::*;
 
 #[test]
 fn every_route_of_the_router_is_in_the_openapi_document() {
-    let doc = openapi::document();
+    let doc = openapi::document(true);
     let paths = doc["paths"].as_object().unwrap();
     let routes = routes();
     for (method, path, _) in &routes {
@@ -14,6 +14,28 @@ fn every_route_of_the_router_is_in_the_openapi_document() {
     }
     let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
     assert_eq!(documented, routes.len(), "the document describes routes the router does not have");
+}
+
+#[test]
+fn the_openapi_document_names_every_operation_and_declares_security_only_with_a_token() {
+    for secured in [false, true] {
+        let doc = openapi::document(secured);
+        let mut ids = std::collections::BTreeSet::new();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                let id = op["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path}: no operationId"));
+                assert!(ids.insert(id.to_string()), "operationId {id} twice");
+                let responses = op["responses"].as_object().unwrap();
+                for status in ["200", "403", "504"] {
+                    assert!(responses.contains_key(status), "{method} {path}: {status} not declared");
+                }
+                let open = path == "/health" || path == "/";
+                assert_eq!(responses.contains_key("401"), secured && !open, "{method} {path}: 401");
+            }
+        }
+        assert_eq!(doc.get("security").is_some(), secured);
+        assert_eq!(doc["components"].get("securitySchemes").is_some(), secured);
+    }
 }
 
 #[test]

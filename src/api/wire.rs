@@ -4,7 +4,7 @@
 //! A task's JSON changes only when its snapshot does, so it is serialised once per snapshot
 //! version and cached: `/task/get` then costs a copy per task, not a serialisation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -74,6 +74,10 @@ pub struct TaskWire<'a> {
     pub next_start: Option<u64>,
     #[serde(rename = "RestartCause", skip_serializing_if = "Option::is_none")]
     pub restart_cause: Option<&'static str>,
+    /// Extension: the operator's stop is in force (kept in state.json): the service stays stopped,
+    /// across restarts of air-nanny, until it is started again.
+    #[serde(rename = "OperatorStop", skip_serializing_if = "std::ops::Not::not")]
+    pub operator_stop: bool,
 }
 
 /// A health check as the task object shows it.
@@ -125,12 +129,14 @@ impl<'a> From<&'a TaskSnapshot> for TaskWire<'a> {
                 .next_try
                 .map(|(at, _)| at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)),
             restart_cause: t.next_try.map(|(_, cause)| cause),
+            operator_stop: false,
         }
     }
 }
 
-/// A task's JSON and the snapshot version it was made from.
-type Cached = (u64, Arc<[u8]>);
+/// A task's JSON and what it was made from: the snapshot's version and whether the operator's stop
+/// held it.
+type Cached = ((u64, bool), Arc<[u8]>);
 
 /// Serialised tasks by service name, valid for one snapshot version each.
 #[derive(Default)]
@@ -139,24 +145,27 @@ pub struct TaskCache {
 }
 
 impl TaskCache {
-    fn json(&self, entries: &mut HashMap<String, Cached>, t: &TaskSnapshot) -> Arc<[u8]> {
+    fn json(&self, entries: &mut HashMap<String, Cached>, t: &TaskSnapshot, held: bool) -> Arc<[u8]> {
         match entries.get(&t.info.name) {
-            Some((version, bytes)) if *version == t.version => bytes.clone(),
+            Some((key, bytes)) if *key == (t.version, held) => bytes.clone(),
             _ => {
-                let bytes: Arc<[u8]> = serde_json::to_vec(&TaskWire::from(t)).expect("tasks serialise").into();
-                entries.insert(t.info.name.clone(), (t.version, bytes.clone()));
+                let wire = TaskWire { operator_stop: held, ..TaskWire::from(t) };
+                let bytes: Arc<[u8]> = serde_json::to_vec(&wire).expect("tasks serialise").into();
+                entries.insert(t.info.name.clone(), ((t.version, held), bytes.clone()));
                 bytes
             }
         }
     }
 
-    /// `{"data": [task…], "msg": "SUCCESS"}`; forgets services that are no longer listed.
-    pub fn list_response(&self, tasks: &[Arc<TaskSnapshot>]) -> Response {
+    /// `{"data": [task…], "msg": "SUCCESS"}`; forgets services that are no longer listed. `held`:
+    /// the services the operator's stop holds.
+    pub fn list_response(&self, tasks: &[Arc<TaskSnapshot>], held: &BTreeSet<String>) -> Response {
         let mut entries = self.entries.lock().expect("cache lock");
         if entries.len() > tasks.len() {
             entries.retain(|name, _| tasks.iter().any(|t| &t.info.name == name));
         }
-        let parts: Vec<Arc<[u8]>> = tasks.iter().map(|t| self.json(&mut entries, t)).collect();
+        let parts: Vec<Arc<[u8]>> =
+            tasks.iter().map(|t| self.json(&mut entries, t, held.contains(&t.info.name))).collect();
         drop(entries);
         let mut body = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + 32);
         body.extend_from_slice(b"{\"data\":[");
@@ -171,8 +180,8 @@ impl TaskCache {
     }
 
     /// `{"data": task, "msg": "SUCCESS"}`.
-    pub fn one_response(&self, task: &TaskSnapshot) -> Response {
-        let json = self.json(&mut self.entries.lock().expect("cache lock"), task);
+    pub fn one_response(&self, task: &TaskSnapshot, held: bool) -> Response {
+        let json = self.json(&mut self.entries.lock().expect("cache lock"), task, held);
         let mut body = Vec::with_capacity(json.len() + 32);
         body.extend_from_slice(b"{\"data\":");
         body.extend_from_slice(&json);
@@ -195,14 +204,17 @@ mod tests {
             let bytes = rt.block_on(axum::body::to_bytes(r.into_body(), usize::MAX)).unwrap();
             serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
         };
-        let v = body(cache.list_response(&[Arc::new(snap.clone())]));
+        let v = body(cache.list_response(&[Arc::new(snap.clone())], &BTreeSet::new()));
         assert_eq!(v["msg"], "SUCCESS");
         assert_eq!(v["data"][0]["State"], 0);
         assert_eq!(v["data"][0], serde_json::to_value(TaskWire::from(&snap)).unwrap());
         snap.state = crate::supervisor::State::Running;
         snap.pids = vec![42];
         snap.version += 1;
-        let v = body(cache.one_response(&snap));
+        let v = body(cache.one_response(&snap, false));
         assert_eq!((v["data"]["State"].as_u64(), v["data"]["Pids"][0].as_u64()), (Some(2), Some(42)));
+        assert!(v["data"].get("OperatorStop").is_none());
+        let v = body(cache.one_response(&snap, true));
+        assert_eq!(v["data"]["OperatorStop"], true, "the operator's stop is part of what is cached");
     }
 }

@@ -102,7 +102,7 @@ pub enum Then {
     /// Start again (operator restart, new configuration).
     Start,
     /// The run failed (unhealthy): back off and restart as after a death.
-    Retry { ran_for: Duration, attempt: u32 },
+    Retry { ran_for: Duration, attempt: u32, failures: u32 },
     /// The start failed (timed out): back off and retry as after a failed start.
     Fail { attempt: u32, reason: String },
 }
@@ -320,6 +320,8 @@ impl Machine {
     pub fn streak(&self) -> u32 {
         match &self.phase {
             Phase::Running { run: Run { checks: Some(c), .. }, .. } => c.failures,
+            // Stopped for being unhealthy: the streak that made it so stays visible.
+            Phase::Stopping { then: Then::Retry { failures, .. }, .. } => *failures,
             _ => 0,
         }
     }
@@ -518,7 +520,7 @@ impl Machine {
                 match then {
                     Then::Stay => P::Stopped,
                     Then::Start => self.start(0, if clean { Lookup::Absent } else { Lookup::Scan }, l, now, out),
-                    Then::Retry { ran_for, attempt } => {
+                    Then::Retry { ran_for, attempt, .. } => {
                         self.after_failure(ran_for, attempt, clean, None, UNHEALTHY, l, now, out)
                     }
                     Then::Fail { attempt, reason } => {
@@ -751,7 +753,14 @@ impl Machine {
                     if l.daemon {
                         out.push(Action::Note(Level::Info, Kind::Restart, "unhealthy: restarting".into()));
                         let ran_for = now.saturating_duration_since(run.since);
-                        return self.stop(run.pids, Lookup::Absent, None, Then::Retry { ran_for, attempt }, out);
+                        let failures = c.failures;
+                        return self.stop(
+                            run.pids,
+                            Lookup::Absent,
+                            None,
+                            Then::Retry { ran_for, attempt, failures },
+                            out,
+                        );
                     }
                 }
             }

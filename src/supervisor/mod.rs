@@ -87,6 +87,8 @@ enum Command {
     Get(String, oneshot::Sender<Option<Arc<TaskSnapshot>>>),
     Handle(String, oneshot::Sender<Option<ServiceHandle>>),
     Log(String, oneshot::Sender<Option<ServiceLog>>),
+    /// The services the operator's stop holds (state.json).
+    OperatorStopped(oneshot::Sender<std::collections::BTreeSet<String>>),
     Apply(Box<ServiceInfo>, Option<Arc<Policy>>, Reply<Pending>),
     Remove(String, Reply<Pending>),
     Verb(String, Verb, Reply<Pending>),
@@ -121,6 +123,7 @@ pub struct Supervisor {
     journal: crate::events::Journal,
     /// Where the services' cgroups are (with cgroups).
     hierarchy: Option<crate::cgroup::Hierarchy>,
+    changes: state::Changes,
 }
 
 impl Supervisor {
@@ -148,7 +151,9 @@ impl Supervisor {
         let hierarchy = cgroups.as_ref().map(|c| c.hierarchy.clone());
         let ledger = cgroups.is_none().then(|| Arc::new(crate::ledger::Ledger::open(&settings.state_dir)));
         let journal = crate::events::Journal::new(&settings.state_dir);
+        let changes = state::Changes::default();
         let actor = Actor {
+            changes: changes.clone(),
             journal: journal.clone(),
             settings,
             store,
@@ -162,7 +167,7 @@ impl Supervisor {
             shutdown,
         };
         let join = tokio::spawn(actor.run(rx, tx.downgrade(), booted_tx));
-        Ok((Supervisor { tx, booted, cgroups: has_cgroups, journal, hierarchy }, join))
+        Ok((Supervisor { tx, booted, cgroups: has_cgroups, journal, hierarchy, changes }, join))
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
@@ -214,6 +219,16 @@ impl Supervisor {
         &self.journal
     }
 
+    /// The count of visible changes (snapshots, decisions, configurations), for long-polls.
+    pub fn changes(&self) -> &state::Changes {
+        &self.changes
+    }
+
+    /// The services whose operator's stop is in force (kept in state.json).
+    pub async fn operator_stopped(&self) -> std::collections::BTreeSet<String> {
+        self.ask(Command::OperatorStopped).await.unwrap_or_default()
+    }
+
     /// The directory of a service's cgroup (with cgroups).
     pub fn cgroup_dir(&self, name: &str) -> Option<std::path::PathBuf> {
         self.hierarchy.as_ref().map(|h| h.service(name).dir().to_path_buf())
@@ -262,6 +277,7 @@ struct Actor {
     ledger: Option<Arc<crate::ledger::Ledger>>,
     /// Every service's history of events.
     journal: crate::events::Journal,
+    changes: state::Changes,
     tasks: BTreeMap<String, ServiceHandle>,
     decisions: Decisions,
     /// The boot order of services.json, computed at start and at each reload.
@@ -383,6 +399,7 @@ impl Actor {
             self.cgroups.as_ref(),
             self.ledger.clone(),
             self.journal.clone(),
+            self.changes.clone(),
         );
         self.tasks.insert(name, handle.clone());
         handle
@@ -401,6 +418,7 @@ impl Actor {
         match written {
             Ok(()) => {
                 self.decisions = next;
+                self.changes.bump();
                 Ok(())
             }
             Err(e) => {
@@ -435,6 +453,9 @@ impl Actor {
                     ))
                 });
                 let _ = reply.send(all);
+            }
+            Command::OperatorStopped(reply) => {
+                let _ = reply.send(self.decisions.stopped.clone());
             }
             Command::Get(name, reply) => {
                 let _ = reply.send(self.tasks.get(&name).map(ServiceHandle::snapshot));

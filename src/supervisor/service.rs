@@ -185,6 +185,7 @@ pub fn spawn(
     cgroups: Option<&cgroup::Cgroups>,
     ledger: Option<Arc<Ledger>>,
     journal: Journal,
+    changes: super::state::Changes,
 ) -> ServiceHandle {
     let owned = cgroups.and_then(|c| match Owned::new(c, &info.name) {
         Ok(o) => Some(o),
@@ -224,6 +225,7 @@ pub fn spawn(
         inbox,
         snapshot_tx,
         journal,
+        changes,
         check_output: None,
         exits_seen: 0,
         errors_seen: 0,
@@ -335,6 +337,8 @@ struct ServiceTask {
     snapshot_tx: watch::Sender<Arc<TaskSnapshot>>,
     /// The service's history of events.
     journal: Journal,
+    /// Bumped at every published snapshot (long-polls of the task list wait on it).
+    changes: super::state::Changes,
     /// The output of the check being fed to the machine, for the health event it may cause.
     check_output: Option<String>,
     /// The machine's exit and error counts last published (a new one is stamped with the time).
@@ -559,6 +563,7 @@ impl ServiceTask {
         }
         self.snap.version += 1;
         let before = self.snapshot_tx.send_replace(Arc::new(self.snap.clone()));
+        self.changes.bump();
         if before.state != self.snap.state || before.health != self.snap.health {
             super::state::STATUS_CHANGED.notify_one();
         }

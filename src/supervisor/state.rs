@@ -104,6 +104,32 @@ pub fn status_line<'a>(snapshots: impl Iterator<Item = &'a TaskSnapshot>) -> Str
     line
 }
 
+/// A count of the changes an observer can see: a task's published snapshot, an operator's
+/// decision, a configuration written. The console's long-poll (`/task/get?since=&wait=`) waits
+/// on it; nothing runs when nobody waits.
+#[derive(Clone)]
+pub struct Changes(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for Changes {
+    fn default() -> Self {
+        Changes(Arc::new(tokio::sync::watch::channel(0).0))
+    }
+}
+
+impl Changes {
+    pub fn bump(&self) {
+        self.0.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    pub fn current(&self) -> u64 {
+        *self.0.borrow()
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
 /// One health check as it ran.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LastCheck {

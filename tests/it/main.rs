@@ -9,6 +9,7 @@ mod check;
 mod engine;
 mod events;
 mod limits;
+mod live;
 mod logs;
 mod ownership;
 mod security;

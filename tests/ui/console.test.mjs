@@ -35,7 +35,7 @@ async function waitFor(what, fn, timeoutMs = 20000) {
 }
 
 /** A temp copy of the demo (conf/ with its scripts, a rootpath with the programs) and air-nanny on it. */
-async function startDemo({ token, services } = {}) {
+async function startDemo({ token, services, yaml: extraYaml = "", files = {} } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "air-nanny-ui-"));
   const conf = path.join(dir, "conf");
   fs.cpSync(path.join(REPO, "conf/demo"), path.join(conf, "demo"), { recursive: true });
@@ -51,6 +51,11 @@ async function startDemo({ token, services } = {}) {
   let yaml = `SERVER: ui-test\nPUBLIC_CONF: public.yaml\nSERVER_PORT: ${port}\nLOG_DIR: logs\nWORK_DIR: .\nSTOP_TIMEOUT: 5\n` +
     `CGROUP_BASE: /air-nanny-ui/${process.pid}-${port}\n`;
   if (token) { fs.writeFileSync(path.join(conf, "token"), token + "\n"); yaml += "API_TOKEN_FILE: token\n"; }
+  yaml += extraYaml;
+  for (const [rel, text] of Object.entries(files)) {
+    fs.mkdirSync(path.dirname(path.join(conf, rel)), { recursive: true });
+    fs.writeFileSync(path.join(conf, rel), text, { mode: 0o755 });
+  }
   fs.writeFileSync(path.join(conf, "config.yaml"), yaml);
   fs.writeFileSync(path.join(conf, "public.yaml"), `rootpath: ${path.join(dir, "root")}\n`);
   fs.writeFileSync(path.join(conf, "services.json"),
@@ -60,7 +65,7 @@ async function startDemo({ token, services } = {}) {
   const url = `http://127.0.0.1:${port}/`;
   await waitFor("air-nanny's API", async () => (await fetch(url + "health")).ok);
   return {
-    dir, url, token,
+    dir, url, token, port,
     servicesJson: () => fs.readFileSync(path.join(conf, "services.json"), "utf8"),
     async stop() {
       child.kill("SIGTERM");
@@ -176,5 +181,126 @@ test("with a token set, the page asks for it and then works", async () => {
     await page.close();
   } finally {
     await guarded.stop();
+  }
+});
+
+/** A call to the demo's API from the test itself (not through the page). */
+async function apiCall(d, method, p) {
+  const headers = d.token ? { Authorization: "Bearer " + d.token } : {};
+  const r = await fetch(d.url + p.replace(/^\//, ""), { method, headers });
+  return (await r.json()).data;
+}
+
+test("live updates keep the focus, a selected pid, an open dialog and the scroll position", async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 500 } });
+  await page.goto(demo.url);
+  for (const name of ["sensor-bus", "telemetry"]) await row(page, name).locator('[data-state="2"]').waitFor({ timeout: 20000 });
+  // Scroll down a little, focus a button, select the text of sensor-bus's pids.
+  await page.evaluate(() => window.scrollTo(0, 120));
+  const scrolled = await page.evaluate(() => window.scrollY);
+  await row(page, "sensor-bus").locator('[data-action="logs"]').focus();
+  const pids = await row(page, "sensor-bus").locator("td.pids").textContent();
+  await page.evaluate(() => {
+    const td = document.querySelector('#tasks tr[data-name="sensor-bus"] td.pids');
+    const range = document.createRange();
+    range.selectNodeContents(td);
+    getSelection().removeAllRanges();
+    getSelection().addRange(range);
+  });
+  // 5 s of live updates: telemetry is restarted twice, and uptimes tick.
+  const before = await row(page, "telemetry").locator("td.pids").textContent();
+  const deadline = Date.now() + 5000;
+  await apiCall(demo, "POST", "/task/restart?name=telemetry");
+  await waitFor("the new telemetry pid on the page", async () => {
+    const now = await row(page, "telemetry").locator("td.pids").textContent();
+    return now !== before && /^\d/.test(now);
+  });
+  await apiCall(demo, "POST", "/task/restart?name=telemetry");
+  while (Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  assert.equal(await page.evaluate(() => getSelection().toString()), pids, "the selection survived");
+  assert.equal(await page.evaluate(() => document.activeElement?.dataset.action + "@" + document.activeElement?.closest("tr")?.dataset.name),
+    "logs@sensor-bus", "the focus survived");
+  assert.equal(await page.evaluate(() => window.scrollY), scrolled, "the scroll position survived");
+  // An open dialog survives too, and follows its service: the history shows the restart.
+  await row(page, "telemetry").locator('[data-action="history"]').click();
+  const dialog = page.locator("#events-dialog");
+  await dialog.locator("li.kind-operator").first().waitFor();
+  const count = await dialog.locator("li").count();
+  await apiCall(demo, "POST", "/task/restart?name=telemetry");
+  await waitFor("a new event in the open history", async () => (await dialog.locator("li").count()) > count);
+  assert.ok(await dialog.evaluate((d) => d.open), "the dialog stayed open through the updates");
+  assert.match(await dialog.locator("li").first().textContent(), /state|operator|stop|restart/);
+  await page.screenshot({ path: path.join(ARTIFACTS, "history.png") });
+  await page.locator("#events-close").click();
+  await page.close();
+});
+
+test("each condition has its own look, actions fit the state, and nothing overflows at 1400, 800 and 390 px", async () => {
+  const failing = "#!/bin/sh\necho 'cannot open /dev/ttyS9' >&2\nexit 1\n";
+  const services = JSON.stringify([
+    { name: "ok", priority: 0, script: { programFilePath: "/bin/solo", args: ["--heartbeat", "30"] } },
+    { name: "held", priority: 0, script: { programFilePath: "/bin/camera", args: ["--heartbeat", "30"] } },
+    { name: "sick", priority: 1, script: { programFilePath: "/bin/preflight", args: ["--ignore-term"], stopTimeout: 30 },
+      healthCheck: { isHealthCheck: true, interval: 1, timeout: 2, retries: 1, test: ["CMD-SHELL", "echo sensor offline; exit 1"] } },
+    { name: "crashy", priority: 1, script: { programFilePath: "/bin/timesync", args: ["--exit-after", "0", "--exit-code", "3"] } },
+    { name: "job", priority: 0, isDaemon: false, script: { programFilePath: "/bin/recorder", args: ["--exit-after", "0"] } },
+    { name: "broken", priority: 0, isDaemon: false, script: { execPath: "bad/run.sh", programFilePath: "/bin/telemetry" } },
+  ]);
+  // A long backoff keeps crashy visibly waiting; sick ignores SIGTERM, so it is seen unhealthy
+  // for the whole stop timeout before its restart.
+  const d = await startDemo({ services, yaml: "RESTART_BACKOFF_BASE_MS: 60000\n", files: { "bad/run.sh": failing } });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+    await page.goto(d.url);
+    const lookOf = (name) => row(page, name).locator(".pill").getAttribute("data-look");
+    await row(page, "held").locator('[data-state="2"]').waitFor({ timeout: 20000 });
+    await row(page, "held").locator('[data-action="stop"]').click();
+    await page.locator("#confirm-yes").click();
+    const want = { ok: "running", held: "held", sick: "unhealthy", crashy: "backoff", job: "exited", broken: "failed" };
+    let seen = {};
+    await waitFor("every look", async () => {
+      seen = {};
+      for (const name of Object.keys(want)) seen[name] = await lookOf(name);
+      return Object.entries(want).every(([name, cls]) => seen[name] === cls);
+    }, 40000).catch((e) => { throw new Error(`${e.message}: saw ${JSON.stringify(seen)}, want ${JSON.stringify(want)}`); });
+    const text = async (name) => (await row(page, name).locator("td.state").textContent()).trim();
+    assert.match(await text("held"), /stopped by operator/);
+    assert.match(await text("sick"), /unhealthy.*1 check failed in a row: check exit status 1/);
+    assert.match(await text("crashy"), /backoff.*next try in \d+(s|m\d+s).*the program ended/);
+    assert.match(await text("job"), /exited.*exit status 0/);
+    assert.match(await text("broken"), /failed.*exit status 1/);
+    // The looks differ in colour too.
+    const colours = new Set();
+    for (const name of Object.keys(want)) {
+      colours.add(await row(page, name).locator(".pill").evaluate((e) => getComputedStyle(e).backgroundColor + getComputedStyle(e).borderColor));
+    }
+    assert.equal(colours.size, Object.keys(want).length, "a colour per look");
+    // Actions only where they make sense.
+    const enabled = async (name, action) => row(page, name).locator(`[data-action="${action}"]`).isEnabled();
+    assert.deepEqual([await enabled("ok", "start"), await enabled("ok", "stop"), await enabled("ok", "restart")], [false, true, true]);
+    assert.deepEqual([await enabled("held", "start"), await enabled("held", "stop"), await enabled("held", "restart")], [true, false, false]);
+    assert.deepEqual([await enabled("crashy", "start"), await enabled("crashy", "stop")], [true, true]);
+    assert.deepEqual([await enabled("job", "start"), await enabled("job", "stop")], [true, false]);
+    // The summary line counts each condition.
+    const summary = await page.locator("#summary").textContent();
+    for (const part of ["1/6 running", "1 unhealthy", "1 in backoff", "1 failed", "1 exited", "1 stopped by operator"]) {
+      assert.ok(summary.includes(part), `${part} in ${summary}`);
+    }
+    for (const width of [1400, 800, 390]) {
+      await page.setViewportSize({ width, height: 900 });
+      await page.waitForTimeout(0);
+      const overflow = await page.evaluate(() => {
+        const wide = [...document.querySelectorAll("body *")].filter((e) => {
+          const r = e.getBoundingClientRect();
+          return r.width > 0 && r.right > document.documentElement.clientWidth + 1 && !e.closest(".lanes");
+        }).map((e) => e.tagName + "." + e.className);
+        return { scroll: document.documentElement.scrollWidth - document.documentElement.clientWidth, wide: wide.slice(0, 5) };
+      });
+      assert.deepEqual(overflow, { scroll: 0, wide: [] }, `no overflow at ${width} px`);
+      await page.screenshot({ path: path.join(ARTIFACTS, `looks-${width}.png`), fullPage: true });
+    }
+    await page.close();
+  } finally {
+    await d.stop();
   }
 });

@@ -441,8 +441,10 @@ async fn health_failures_during_start_period_do_not_count_then_two_make_it_unhea
     let a = t.step(Input::Checked { gen, result: Err("refused".into()) });
     assert_eq!(t.m.last_error.as_deref(), Some("unhealthy: refused"));
     assert_eq!(stop_pids(&a), Some(vec![10, 11]), "a daemon is restarted: stopped first");
+    assert_eq!((t.m.health(), t.m.streak()), (Health::Unhealthy, 2), "while it is stopped, it shows why");
     let a = t.step(Input::Stopped { gen: stop_gen(&a).unwrap(), fault: None });
     assert!(matches!(start_lookup(&a), Some(Lookup::Absent)), "restarted at once after its first failure: {a:?}");
+    assert_eq!(t.m.streak(), 0, "a new run starts a new streak");
 }
 
 #[tokio::test(start_paused = true)]
