@@ -15,7 +15,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 rustup target add x86_64-unknown-linux-musl >/dev/null
 # What ships: the static musl release build. The supervised program: the tiny demo-service, static too (no dynamic loader in its start time).
-cargo build --release --locked --bin air-nanny --target x86_64-unknown-linux-musl
+packaging/hot/link.sh x86_64-unknown-linux-musl
 cargo build --release --locked --bin demo-service --target x86_64-unknown-linux-musl
 exec python3 bench/bench.py \
     --nanny target/x86_64-unknown-linux-musl/release/air-nanny \

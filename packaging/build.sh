@@ -53,8 +53,9 @@ build() {
     armv7-unknown-linux-gnueabihf) need arm-linux-gnueabihf-gcc ;;
     aarch64-unknown-linux-musl) need aarch64-linux-gnu-gcc ;;
     esac
-    echo "== cargo build --release --target $target"
-    cargo build --release --locked --bin air-nanny --target "$target"
+    echo "== cargo build --release --target $target (hot code first: packaging/hot/link.sh)"
+    need c++filt
+    packaging/hot/link.sh "$target"
     local bin="target/$target/release/air-nanny"
     local kind
     kind=$(file -b "$bin")
