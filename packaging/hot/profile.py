@@ -8,14 +8,22 @@ them, an operator's restart and stop/start, and a program killed and respawned. 
 the functions that ran then, without their hashes, one per line, sorted (packaging/hot/symbols.txt).
 
     packaging/hot/profile.py UNSTRIPPED-AIR-NANNY DEMO-SERVICE OUT.txt
+    packaging/hot/profile.py --native LINK.map AIR-NANNY DEMO-SERVICE OUT.txt
 
-packaging/hot/update.sh builds what this needs and calls it.
+The second form runs the binary natively and learns the same from gdb: a breakpoint on every
+function of the link map's .text, each recorded and disabled at its first hit. It finds what runs
+natively but not under valgrind (timing-dependent paths, clone3), and adds to OUT.txt. Both
+forms play the same steady state. packaging/hot/update.sh builds what this needs and calls both.
 """
 import json, os, re, signal, socket, subprocess, sys, tempfile, threading, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from order import key_of  # noqa: E402
 
+native_map = None
+if sys.argv[1] == "--native":
+    native_map = sys.argv.pop(2)
+    sys.argv.pop(1)
 nanny, program, out = sys.argv[1], sys.argv[2], sys.argv[3]
 d = tempfile.mkdtemp(prefix="air-nanny-hot-")
 root = os.path.join(d, "root")
@@ -67,11 +75,78 @@ def listen():
             return
 threading.Thread(target=listen, daemon=True).start()
 cg = os.path.join(d, "cg")
-proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--demangle=no", f"--callgrind-out-file={cg}.%p",
-                         "--trace-children=no", nanny, "run", "--log-level", "warn", "--config",
-                         os.path.join(d, "config.yaml")],
+runner = [] if native_map else ["valgrind", "--tool=callgrind", "--demangle=no", f"--callgrind-out-file={cg}.%p",
+                                "--trace-children=no"]
+proc = subprocess.Popen(runner + [nanny, "run", "--log-level", "warn", "--config", os.path.join(d, "config.yaml")],
                         env=dict(os.environ, NOTIFY_SOCKET=notify_path),
                         stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "valgrind.log"), "w"))
+
+
+def text_functions(link_map):
+    """(address, symbol) of every function in the .text output section of an lld link map."""
+    section, out = None, []
+    for line in open(link_map, errors="replace"):
+        p = line.split()
+        if len(p) != 5:
+            continue
+        try:
+            addr, size = int(p[0], 16), int(p[2], 16)
+        except ValueError:
+            continue
+        if p[4].startswith(".") and ":(" not in p[4]:
+            section = p[4]
+        elif section == ".text" and not p[4].startswith(("/", "<")) and ":(" not in p[4]:
+            out.append((addr, p[4]))
+    return out
+
+
+GDB_SCRIPT = """
+import gdb
+hits = []
+class Once(gdb.Breakpoint):
+    def stop(self):
+        hits.append(self.location[1:])
+        self.enabled = False
+        return False
+gdb.execute("set pagination off")
+gdb.execute("set detach-on-fork on")
+gdb.execute("set follow-fork-mode parent")
+for line in open(ADDRS):
+    Once("*" + line.strip(), internal=True)
+open(ADDRS + ".armed", "w").close()
+try:
+    gdb.execute("continue")
+except BaseException:
+    pass
+open(HITS, "w").write("\\n".join(hits) + "\\n")
+gdb.execute("detach")
+"""
+
+
+class Native:
+    """gdb attached after the boot, a breakpoint on every function, each recorded at its first hit."""
+
+    def __init__(self):
+        base = next(int(line.split("-")[0], 16) for line in open(f"/proc/{proc.pid}/maps")
+                    if line.split()[2] == "00000000" and line.rstrip().endswith(os.path.realpath(nanny)))
+        self.names = {}
+        with open(os.path.join(d, "addrs"), "w") as f:
+            for addr, name in text_functions(native_map):
+                self.names[base + addr] = name
+                f.write(f"{base + addr:#x}\n")
+        script = os.path.join(d, "hits.py")
+        open(script, "w").write(GDB_SCRIPT.replace("ADDRS", repr(os.path.join(d, "addrs")))
+                                .replace("HITS", repr(os.path.join(d, "hits"))))
+        self.gdb = subprocess.Popen(["gdb", "-q", "-batch", "-p", str(proc.pid), "-x", script],
+                                    stdout=open(os.path.join(d, "gdb.log"), "w"), stderr=subprocess.STDOUT)
+
+    def armed(self):
+        return os.path.exists(os.path.join(d, "addrs.armed"))
+
+    def finish(self):
+        self.gdb.send_signal(signal.SIGINT)
+        self.gdb.wait(timeout=120)
+        return {self.names.get(int(h, 16), "") for h in open(os.path.join(d, "hits")).read().split()}
 def get(path, method="GET"):
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
     with urllib.request.urlopen(req, timeout=120) as r:
@@ -93,7 +168,13 @@ def wait(what, f, timeout=300):
     sys.exit(f"profile: timed out waiting for {what}; see {d}/valgrind.log")
 try:
     wait("READY=1", ready.is_set)
-    control("--dump=boot")  # what the boot ran goes into its own dump; the steady state starts at zero
+    if native_map:
+        time.sleep(2)
+        native = Native()
+        wait("gdb's breakpoints", native.armed)
+        time.sleep(2)
+    else:
+        control("--dump=boot")  # what the boot ran goes into its own dump; the steady state starts at zero
     time.sleep(12)  # timers, checks of every kind, the log sweep (every 10 s)
     for _ in range(3):
         get("/task/get"); get("/task/get?since=0&wait=1"); get("/task/find?name=web")
@@ -110,7 +191,10 @@ try:
     get("/task/stop?name=script2", "POST"); get("/task/start?name=script2", "POST")
     wait("everything running", lambda: all(t["State"] == 2 for t in json.loads(get("/task/get"))["data"]))
     time.sleep(3)
-    control("--dump=steady")
+    if native_map:
+        hot = native.finish()
+    else:
+        control("--dump=steady")
 finally:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -118,21 +202,27 @@ finally:
     except subprocess.TimeoutExpired:
         proc.kill()
 
-steady = [f for f in os.listdir(d) if f.startswith("cg.") and "steady" in open(os.path.join(d, f)).read(4096)]
-if not steady:
-    sys.exit(f"profile: no steady-state dump in {d}")
-hot = set()
-name_of = {}
-for line in open(os.path.join(d, steady[0])):
-    m = re.match(r"^c?fn=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
-    if not m:
-        continue
-    ident, name = m.groups()
-    if name:
-        name_of[ident] = name
-    if line.startswith("fn="):
-        hot.add(name_of.get(ident, ""))
-names = sorted(set(key_of(h for h in hot if h and not h.startswith("0x"))))
+if not native_map:
+    steady = [f for f in os.listdir(d) if f.startswith("cg.") and "steady" in open(os.path.join(d, f)).read(4096)]
+    if not steady:
+        sys.exit(f"profile: no steady-state dump in {d}")
+    hot = set()
+    name_of = {}
+    for line in open(os.path.join(d, steady[0])):
+        m = re.match(r"^c?fn=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
+        if not m:
+            continue
+        ident, name = m.groups()
+        if name:
+            name_of[ident] = name
+        if line.startswith("fn="):
+            hot.add(name_of.get(ident, ""))
+names = set(key_of(h for h in hot if h and not h.startswith("0x")))
+if native_map and os.path.exists(out):
+    before = {line.rstrip("\n") for line in open(out) if line.strip()}
+    print(f"profile: {len(names - before)} functions found natively that the list lacked")
+    names |= before
+names = sorted(names)
 with open(out, "w") as f:
     f.write("".join(n + "\n" for n in names))
 print(f"profile: {len(names)} functions ran in the steady state -> {out}")

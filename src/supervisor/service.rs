@@ -991,6 +991,8 @@ async fn start_script(ctx: &Ctx, paths: &Resolved, token: &CancellationToken) ->
             if !o.cg.wait_empty(Some(&mut events), Instant::now() + Duration::from_secs(5)).await {
                 return StartOutcome::Failed(format!("{why}; what it started survived cgroup.kill"));
             }
+        } else {
+            settle_escaped(ctx, program, token).await;
         }
         return StartOutcome::Failed(why);
     }
@@ -1019,6 +1021,35 @@ async fn start_script(ctx: &Ctx, paths: &Resolved, token: &CancellationToken) ->
             }
         }
         step = (step * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// The longest a failed start waits for what escaped its process group to become the program.
+const ESCAPED_SETTLE: Duration = Duration::from_secs(5);
+
+/// Without a cgroup, after a failed start: a launch that left the start command's process group
+/// (`setsid prog &`, then a failure) carries the service's tag but may not have exec'd the program
+/// yet, so the retry's look would miss it and start a second one. Waits (bounded, cancellable)
+/// until every such process has become the program or ended; the retry then adopts the program.
+async fn settle_escaped(ctx: &Ctx, program: &Path, token: &CancellationToken) {
+    let tag = ctx.tag();
+    let deadline = Instant::now() + ESCAPED_SETTLE;
+    let mut step = Duration::from_millis(2);
+    loop {
+        let tagged = process::shared_scan().await.tagged(&tag);
+        let becoming: Vec<i32> = tagged
+            .iter()
+            .copied()
+            .filter(|p| process::is_alive(*p) && process::program_among(&[*p], program).is_empty())
+            .collect();
+        if becoming.is_empty() || Instant::now() >= deadline {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(step) => {}
+            _ = token.cancelled() => return,
+        }
+        step = (step * 2).min(Duration::from_millis(50));
     }
 }
 

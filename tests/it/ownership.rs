@@ -201,6 +201,35 @@ fn a_start_script_that_starts_the_program_and_fails_never_leaves_two() {
     }
 }
 
+/// A launcher that leaves the start command's process group and execs the program a moment later
+/// (setup first, as real launchers do), from a start command that then fails: the retry's look
+/// must not run before the launch has become the program, or it starts a second one.
+#[test]
+fn a_late_exec_after_a_failed_start_is_adopted_not_started_again() {
+    for mode in modes("late exec after a failed start") {
+        let f = Fixture::with_config(mode);
+        let mut svc = f.script_service("late", 0, false, "");
+        svc["script"]["execPath"] = json!(f.script_with(
+            "late",
+            "setsid sh -c 'sleep 0.3; exec \"$AIR_NANNY_PROGRAM\" --heartbeat 1' </dev/null & sleep 0.1; exit 1",
+            "exit 0"
+        ));
+        f.write_services(&json!([svc]));
+        let n = f.start();
+        for i in 0..10 {
+            let (status, v) = n.call("POST", "/task/start?name=late", None);
+            assert_ne!(status, 0, "{v}");
+            // Long enough for a launch in flight to exec: a second instance would show.
+            let deadline = std::time::Instant::now() + Duration::from_millis(600);
+            while std::time::Instant::now() < deadline {
+                let running = f.pids_of("late");
+                assert!(running.len() <= 1, "{mode}try {i}: {} instances: {running:?}", running.len());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 #[test]
 fn kill_9_of_a_script_mode_program_is_its_last_exit() {
     for mode in modes("LastExit in script mode") {
