@@ -78,6 +78,20 @@ impl Target {
     }
 }
 
+/// A query value percent-encoded: service names may be of any script (`数据处理`), and a URL
+/// carries only printable ASCII.
+fn enc(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// One event as a line: `TIME  KIND  MESSAGE`, with a check's output indented below it.
 fn event_line(e: &Value) -> String {
     let s = |k: &str| e[k].as_str().unwrap_or("-").to_string();
@@ -98,8 +112,8 @@ async fn events(target: &Target, name: &str, lines: usize, follow: bool, json: b
     let mut first = true;
     loop {
         let path = match since {
-            None => format!("/task/events?name={name}&limit={limit}"),
-            Some(s) => format!("/task/events?name={name}&since={s}&limit=1000&wait=25"),
+            None => format!("/task/events?name={}&limit={limit}", enc(name)),
+            Some(s) => format!("/task/events?name={}&since={s}&limit=1000&wait=25", enc(name)),
         };
         let data = match target.call("GET", &path, None).await {
             Ok(d) => d,
@@ -136,7 +150,7 @@ async fn events(target: &Target, name: &str, lines: usize, follow: bool, json: b
 /// `/task/logs?after=OFFSET&wait=…` (a rotation is followed into the new file). With `--json`,
 /// one JSON string per line.
 async fn follow_log(target: &Target, name: &str, lines: usize, json: bool) -> i32 {
-    let mut path = format!("/task/logs?name={name}&lines={}", lines.clamp(1, 10_000));
+    let mut path = format!("/task/logs?name={}&lines={}", enc(name), lines.clamp(1, 10_000));
     loop {
         let data = match target.call("GET", &path, None).await {
             Ok(d) => d,
@@ -161,7 +175,7 @@ async fn follow_log(target: &Target, name: &str, lines: usize, json: bool) -> i3
             eprintln!("error: this air-nanny cannot follow a log (no offset in its answer)");
             return 1;
         };
-        path = format!("/task/logs?name={name}&after={offset}&wait=25");
+        path = format!("/task/logs?name={}&after={offset}&wait=25", enc(name));
     }
 }
 
@@ -226,7 +240,7 @@ async fn verb(target: &Target, verb: &str, names: &[String], json: bool) -> i32 
     let mut code = 0;
     let mut results = Vec::new();
     for name in &names {
-        match target.call("POST", &format!("/task/{verb}?name={name}"), None).await {
+        match target.call("POST", &format!("/task/{verb}?name={}", enc(name)), None).await {
             Ok(data) => results.push(data),
             Err(msg) => {
                 eprintln!("error: {name}: {msg}");
@@ -347,7 +361,7 @@ async fn status(target: &Target, names: &[String], json: bool) -> i32 {
     let paint = Paint::detect();
     let (mut code, mut tasks) = (0, Vec::new());
     for (i, name) in names.iter().enumerate() {
-        let t = match target.call("GET", &format!("/task/find?name={name}"), None).await {
+        let t = match target.call("GET", &format!("/task/find?name={}", enc(name)), None).await {
             Ok(t) => t,
             Err(msg) => {
                 eprintln!("error: {name}: {msg}");
@@ -362,7 +376,7 @@ async fn status(target: &Target, names: &[String], json: bool) -> i32 {
             tasks.push(t);
             continue;
         }
-        let log = match target.call("GET", &format!("/task/logs?name={name}&lines=5"), None).await {
+        let log = match target.call("GET", &format!("/task/logs?name={}&lines=5", enc(name)), None).await {
             Ok(l) => {
                 l["lines"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect()
             }
@@ -382,7 +396,7 @@ async fn status(target: &Target, names: &[String], json: bool) -> i32 {
 
 /// Runs one command and prints its result. Returns the process exit code.
 pub async fn run(target: &Target, cmd: CtlCommand, json: bool) -> i32 {
-    let q = |n: &str| format!("?name={n}");
+    let q = |n: &str| format!("?name={}", enc(n));
     let result = match &cmd {
         CtlCommand::List => target.call("GET", "/task/get", None).await,
         CtlCommand::Status { names } => return status(target, names, json).await,
@@ -394,7 +408,7 @@ pub async fn run(target: &Target, cmd: CtlCommand, json: bool) -> i32 {
         CtlCommand::Audit { lines } => target.call("GET", &format!("/audit?limit={lines}"), None).await,
         CtlCommand::Logs { name, lines, follow: true } => return follow_log(target, name, *lines, json).await,
         CtlCommand::Logs { name, lines, follow: false } => {
-            target.call("GET", &format!("/task/logs?name={name}&lines={lines}"), None).await
+            target.call("GET", &format!("/task/logs?name={}&lines={lines}", enc(name)), None).await
         }
         CtlCommand::Events { name, lines, follow } => return events(target, name, *lines, *follow, json).await,
         CtlCommand::Set { file } => match read_set_body(file) {

@@ -327,6 +327,30 @@ fn ctl_drives_a_running_instance() {
     assert_eq!(f.cli(&["ctl", "reload"]).0, 0);
 }
 
+/// A service named in another script (the README's `数据处理`) through every ctl command that
+/// names one: the name travels percent-encoded in the query.
+#[test]
+fn ctl_works_with_a_service_named_in_any_script() {
+    let f = Fixture::new();
+    f.write_services(&json!([f.direct_service("数据处理", 0, &[])]));
+    let n = f.start();
+    n.wait_running("%E6%95%B0%E6%8D%AE%E5%A4%84%E7%90%86");
+    for args in [
+        vec!["ctl", "status", "数据处理"],
+        vec!["ctl", "logs", "数据处理", "-n", "5"],
+        vec!["ctl", "events", "数据处理", "-n", "5"],
+        vec!["ctl", "restart", "数据处理"],
+        vec!["ctl", "stop", "数据处理"],
+        vec!["ctl", "start", "数据处理"],
+    ] {
+        let (code, out, err) = f.cli(&args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+    }
+    let (code, out, _) = f.cli(&["ctl", "status", "数据处理"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("● 数据处理 - running"), "{out}");
+}
+
 /// `ctl` as systemctl users expect it: `status` in detail for several names, `start|stop|restart`
 /// of several names or `all`, `set -` from standard input, no colour when not on a terminal.
 #[test]
