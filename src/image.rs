@@ -20,6 +20,10 @@
 
 use std::io;
 
+/// How long after READY the release is repeated: by then the boot's last steps (its notes, its
+/// tasks and blocking threads ending) have run, and only the steady state touches code.
+pub const AFTERMATH: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// One mapping of the executable, from `/proc/self/smaps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Mapping {

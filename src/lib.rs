@@ -168,11 +168,15 @@ pub async fn run(
         ready.booted().await;
         notify::send("READY=1\nSTATUS=all services started");
         // What start-up and the boot touched of air-nanny's own code, and of the runtime thread's
-        // stack, need not stay resident. Once, on the runtime thread itself (one read of
-        // /proc/self/smaps, about 0.1 ms): only there is the stack's unused part known.
-        match image::release_clean_pages() {
-            Ok(bytes) => tracing::debug!("gave back {} KiB of clean code and read-only data", bytes / 1024),
-            Err(e) => tracing::debug!("could not give back the clean code pages: {e}"),
+        // stack, need not stay resident. On the runtime thread itself (one read of
+        // /proc/self/smaps, about 0.1 ms): only there is the stack's unused part known. Again a
+        // little later, for what the boot's aftermath (its last notes, its tasks ending) touched.
+        for pause in [std::time::Duration::ZERO, image::AFTERMATH] {
+            tokio::time::sleep(pause).await;
+            match image::release_clean_pages() {
+                Ok(bytes) => tracing::debug!("gave back {} KiB of clean code and read-only data", bytes / 1024),
+                Err(e) => tracing::debug!("could not give back the clean code pages: {e}"),
+            }
         }
     });
 

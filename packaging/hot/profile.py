@@ -15,7 +15,7 @@ function of the link map's .text, each recorded and disabled at its first hit. I
 natively but not under valgrind (timing-dependent paths, clone3), and adds to OUT.txt. Both
 forms play the same steady state. packaging/hot/update.sh builds what this needs and calls both.
 """
-import json, os, re, signal, socket, subprocess, sys, tempfile, threading, time, urllib.request
+import bisect, json, os, re, signal, socket, subprocess, sys, tempfile, threading, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from order import key_of  # noqa: E402
@@ -113,6 +113,16 @@ gdb.execute("set detach-on-fork on")
 gdb.execute("set follow-fork-mode parent")
 for line in open(ADDRS):
     Once("*" + line.strip(), internal=True)
+# The functions on the stacks right now (the runtime's loop, the wait in epoll) are never entered
+# again, so no breakpoint names them: their return addresses do.
+frames = []
+for thread in gdb.selected_inferior().threads():
+    thread.switch()
+    f = gdb.newest_frame()
+    while f is not None:
+        frames.append(hex(f.pc()))
+        f = f.older()
+open(HITS + ".frames", "w").write("\\n".join(frames) + "\\n")
 open(ADDRS + ".armed", "w").close()
 try:
     gdb.execute("continue")
@@ -146,7 +156,14 @@ class Native:
     def finish(self):
         self.gdb.send_signal(signal.SIGINT)
         self.gdb.wait(timeout=120)
-        return {self.names.get(int(h, 16), "") for h in open(os.path.join(d, "hits")).read().split()}
+        hits = {self.names.get(int(h, 16), "") for h in open(os.path.join(d, "hits")).read().split()}
+        # A return address lies inside its function: the nearest function start at or below it.
+        starts = sorted(self.names)
+        for pc in open(os.path.join(d, "hits.frames")).read().split():
+            i = bisect.bisect_right(starts, int(pc, 16)) - 1
+            if i >= 0:
+                hits.add(self.names[starts[i]])
+        return hits
 def get(path, method="GET"):
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
     with urllib.request.urlopen(req, timeout=120) as r:
