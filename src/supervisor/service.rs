@@ -1036,13 +1036,9 @@ async fn settle_escaped(ctx: &Ctx, program: &Path, token: &CancellationToken) {
     let deadline = Instant::now() + ESCAPED_SETTLE;
     let mut step = Duration::from_millis(2);
     loop {
+        // `tagged` keeps only live processes; those not yet the program are still becoming it.
         let tagged = process::shared_scan().await.tagged(&tag);
-        let becoming: Vec<i32> = tagged
-            .iter()
-            .copied()
-            .filter(|p| process::is_alive(*p) && process::program_among(&[*p], program).is_empty())
-            .collect();
-        if becoming.is_empty() || Instant::now() >= deadline {
+        if process::program_among(&tagged, program).len() == tagged.len() || Instant::now() >= deadline {
             return;
         }
         tokio::select! {
