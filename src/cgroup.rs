@@ -167,7 +167,8 @@ impl ServiceCgroup {
 
     /// Every process in it (forks included), in pid order.
     pub fn procs(&self) -> io::Result<Vec<i32>> {
-        let text = fs::read_to_string(self.dir.join("cgroup.procs"))?;
+        let text = read_small(&self.dir.join("cgroup.procs"))?;
+        let text = String::from_utf8_lossy(&text);
         let mut pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
         pids.sort_unstable();
         Ok(pids)
@@ -175,8 +176,8 @@ impl ServiceCgroup {
 
     /// Whether any process is in it (`cgroup.events`).
     pub fn populated(&self) -> io::Result<bool> {
-        let text = fs::read_to_string(self.dir.join("cgroup.events"))?;
-        Ok(text.lines().any(|l| l.trim() == "populated 1"))
+        let text = read_small(&self.dir.join("cgroup.events"))?;
+        Ok(text.split(|&b| b == b'\n').any(|l| l == b"populated 1"))
     }
 
     /// SIGKILLs every process in it, forks racing the kill included (`cgroup.kill`, Linux ≥ 5.14;
@@ -242,12 +243,7 @@ impl ServiceCgroup {
 
     /// Sends `sig` to every process in it; the number signalled.
     pub fn signal(&self, sig: nix::sys::signal::Signal) -> usize {
-        let pids = self.procs().unwrap_or_default();
-        let me = std::process::id() as i32;
-        pids.iter()
-            .filter(|&&p| p > 1 && p != me)
-            .filter(|&&p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig).is_ok())
-            .count()
+        signal_each(&self.procs().unwrap_or_default(), sig)
     }
 
     /// Removes it; it must be empty.
@@ -267,6 +263,43 @@ impl ServiceCgroup {
     /// of a kill before this air-nanny started).
     pub fn mark_killed(&self) {
         self.killed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Sends `sig` to each of `pids` (members read a moment before) but init and air-nanny itself;
+/// the number signalled.
+pub fn signal_each(pids: &[i32], sig: nix::sys::signal::Signal) -> usize {
+    let me = std::process::id() as i32;
+    pids.iter()
+        .filter(|&&p| p > 1 && p != me)
+        .filter(|&&p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig).is_ok())
+        .count()
+}
+
+/// The whole of a small cgroup file, in as few system calls as it takes: `openat`, reads until
+/// end of file, `close`. (`fs::read_to_string` adds an `fstat` for its size hint, and musl an
+/// `fcntl` to set close-on-exec again: a shutdown of 1000 services read such files 3000 times.)
+fn read_small(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: openat on a NUL-terminated path; the descriptor returned is ours.
+    let fd = unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nobody else owns.
+    let mut f = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) });
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        match f.read(&mut chunk) {
+            Ok(0) => return Ok(out),
+            Ok(n) => out.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 

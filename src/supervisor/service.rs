@@ -365,11 +365,10 @@ impl ServiceTask {
         if let Some(t) = self.run_token.take() {
             t.cancel();
         }
-        // Removed (or shut down): an empty cgroup is not left behind.
+        // Removed (or shut down): an empty cgroup is not left behind (the kernel refuses to
+        // remove one that is not empty, which is then left as it is).
         if let Some(o) = &self.owned {
-            if o.members().is_empty() {
-                let _ = o.cg.remove();
-            }
+            let _ = o.cg.remove();
         }
     }
 
@@ -1257,7 +1256,8 @@ async fn stop_owned(ctx: &Ctx, o: &Owned) -> Option<String> {
         }
         None => {
             ctx.log.note(&format!("stop: sending {sig}"));
-            o.cg.signal(sig);
+            // The members just read: a fork racing this is stopped by cgroup.kill below.
+            cgroup::signal_each(&members, sig);
             // The members' own exits (pidfds) are seen at once. The cgroup's `populated 0`
             // notification is not always: the kernel holds back a cgroup's second notification
             // until 10 ms after its first (a program stopped just after it started, or restarted).
