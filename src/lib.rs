@@ -177,6 +177,8 @@ pub async fn run(
                 Ok(bytes) => tracing::debug!("gave back {} KiB of clean code and read-only data", bytes / 1024),
                 Err(e) => tracing::debug!("could not give back the clean code pages: {e}"),
             }
+            // The stacks kept for the boot's children: the next spawn maps one again.
+            spawn::drop_spare_stacks();
         }
     });
 

@@ -707,6 +707,13 @@ impl Stack {
     }
 }
 
+/// Unmaps the stacks kept for reuse (once a boot is over: what its children touched of them need
+/// not stay resident while nothing is spawned).
+pub fn drop_spare_stacks() {
+    let spare = std::mem::take(&mut *STACKS.lock().unwrap_or_else(|p| p.into_inner()));
+    drop(spare);
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
         // SAFETY: our own mapping, no longer used by any child.
