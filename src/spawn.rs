@@ -560,19 +560,27 @@ impl Drop for Launch {
                     stack.give_back();
                 }
             } else {
+                LEAKED.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    pid = self.pid,
+                    "a child still on its way to exec: its stack and arguments are left allocated"
+                );
                 std::mem::forget(flight);
             }
         }
     }
 }
 
-/// Whether the read end of a report pipe is at its end now (nothing more can come).
+/// Flights left allocated because their `Launch` was dropped while the child could still read them.
+static LEAKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Whether every write end of a report pipe is closed now: the child has exec'd or exited (what it
+/// wrote may still be unread).
 fn closed(report: BorrowedFd<'_>) -> bool {
     let mut p = libc::pollfd { fd: report.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     // SAFETY: poll on one pollfd of ours, without waiting.
     let ready = unsafe { libc::poll(&mut p, 1, 0) };
-    // POLLHUP without POLLIN: every write end is closed and nothing is left unread.
-    ready == 1 && p.revents & libc::POLLHUP != 0 && p.revents & libc::POLLIN == 0
+    ready == 1 && p.revents & libc::POLLHUP != 0
 }
 
 /// Why a launched child did not exec.
@@ -1140,6 +1148,28 @@ mod tests {
         }
         assert!(!flag.load(Ordering::SeqCst), "air-nanny's handler ran in a child");
         assert!(killed > 0);
+        cleanup(h, cg);
+    }
+
+    /// A launch given up after its child exec'd (a start cancelled while awaiting the exec) frees
+    /// what the child read: nothing is leaked once the child is past its exec.
+    #[test]
+    fn a_launch_dropped_after_the_exec_frees_its_flight() {
+        let Some((h, cg)) = cgroup("drop") else { return };
+        let out = File::create("/dev/null").unwrap();
+        for _ in 0..20 {
+            let launch = launch_into(&Command::new("/bin/true"), out.as_fd(), &cg, Extras::default()).unwrap();
+            // Exited (so past its exec), its report ("R") unread.
+            wait(launch.pid);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !closed(launch.report.as_fd()) {
+                assert!(std::time::Instant::now() < deadline, "the report pipe never closed");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let before = LEAKED.load(Ordering::SeqCst);
+            drop(launch);
+            assert_eq!(LEAKED.load(Ordering::SeqCst), before, "a flight was leaked after its child's exec");
+        }
         cleanup(h, cg);
     }
 
