@@ -193,7 +193,10 @@ struct Flight {
     prepared: Arc<Prepared>,
     /// `Some` for a child that shares air-nanny's memory.
     stack: Option<Stack>,
+    /// The child's `cgroup.procs` to write itself into (the fork path).
     procs: Option<RawFd>,
+    /// The number of the report pipe's write end in the child's descriptor table (the parent
+    /// closes its own copy once the child is cloned).
     report: RawFd,
 }
 
@@ -403,8 +406,9 @@ impl Prepared {
                 report_and_exit(report, stage, -ret)
             }
         };
-        // Before anything could deliver a signal (they are blocked from birth): every caught signal back to its default, ignored ones stay
-        // ignored but SIGPIPE, which Rust ignores and programs expect at its default.
+        // Before anything could deliver a signal (they are blocked from birth): every caught signal
+        // back to its default; ignored ones stay ignored but SIGPIPE, which Rust ignores and
+        // programs expect at its default.
         let dfl = KernelSigaction::default();
         for sig in 1..=64 {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {

@@ -1256,7 +1256,8 @@ async fn stop_owned(ctx: &Ctx, o: &Owned) -> Option<String> {
         }
         None => {
             ctx.log.note(&format!("stop: sending {sig}"));
-            // The members just read: a fork racing this is stopped by cgroup.kill below.
+            // The members just read: a fork racing this read is ended by cgroup.kill once the stop
+            // timeout has passed (as before, when the members were read a second time).
             cgroup::signal_each(&members, sig);
             // The members' own exits (pidfds) are seen at once. The cgroup's `populated 0`
             // notification is not always: the kernel holds back a cgroup's second notification
