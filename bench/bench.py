@@ -123,13 +123,17 @@ esac
             except ProcessLookupError:
                 pass
         subprocess.run(["rm", "-rf", self.dir])
-        # The services' cgroups are removed by air-nanny as it stops them; its base is left.
+        # A shutdown leaves the services' (empty) cgroups for the next start: this run's go here.
         try:
             with open("/proc/self/mountinfo") as f:
                 for line in f:
                     left, _, right = line.partition(" - ")
                     if right.split()[:1] == ["cgroup2"]:
-                        os.rmdir(left.split()[4] + self.cgroup_base)
+                        base = left.split()[4] + self.cgroup_base
+                        for d in os.listdir(base):
+                            if os.path.isdir(os.path.join(base, d)):
+                                os.rmdir(os.path.join(base, d))
+                        os.rmdir(base)
                         break
         except OSError:
             pass

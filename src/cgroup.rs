@@ -12,10 +12,10 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
@@ -74,6 +74,8 @@ pub fn default_base(own: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Hierarchy {
     base: PathBuf,
+    /// The base directory, held open: the services' files are opened relative to it.
+    base_fd: Arc<OwnedFd>,
 }
 
 impl Hierarchy {
@@ -110,7 +112,9 @@ impl Hierarchy {
         let probe = dir.join(format!("probe-{}", std::process::id()));
         fs::create_dir(&probe).map_err(|e| format!("cannot create a cgroup in {}: {e}", dir.display()))?;
         let _ = fs::remove_dir(&probe);
-        Ok(Hierarchy { base: dir })
+        let base_fd = open_at(libc::AT_FDCWD, &dir, libc::O_PATH | libc::O_DIRECTORY)
+            .map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+        Ok(Hierarchy { base: dir, base_fd: Arc::new(base_fd) })
     }
 
     pub fn base(&self) -> &Path {
@@ -119,7 +123,14 @@ impl Hierarchy {
 
     /// The cgroup of service `name` (not created yet).
     pub fn service(&self, name: &str) -> ServiceCgroup {
-        ServiceCgroup { dir: self.base.join(format!("svc-{name}")), killed: Arc::default() }
+        let rel = PathBuf::from(format!("svc-{name}"));
+        ServiceCgroup {
+            dir: self.base.join(&rel),
+            base_fd: self.base_fd.clone(),
+            rel,
+            killed: Arc::default(),
+            events: Arc::default(),
+        }
     }
 
     /// The names of the services that have a cgroup here (from a previous run, say).
@@ -139,10 +150,19 @@ impl Hierarchy {
 #[derive(Debug, Clone)]
 pub struct ServiceCgroup {
     dir: PathBuf,
+    /// The base directory and this cgroup's name in it. Its files are opened relative to the
+    /// base: a path walk through kernfs costs a lookup and a revalidation per component, and the
+    /// whole path (eight components on a hybrid layout) made `openat` the largest system call
+    /// cost of a 1000-service shutdown.
+    base_fd: Arc<OwnedFd>,
+    rel: PathBuf,
     /// Set once `cgroup.kill` was written (by any clone of this handle): from then on a child
     /// cloned straight into it would be killed at birth (see `spawn.rs`), so spawns move children
     /// in instead.
     killed: Arc<AtomicBool>,
+    /// Its `cgroup.events`, held open by the [`Monitor`] once watched: `populated` is read from
+    /// it without opening the file again.
+    events: Arc<OnceLock<Arc<fs::File>>>,
 }
 
 impl PartialEq for ServiceCgroup {
@@ -165,9 +185,21 @@ impl ServiceCgroup {
         }
     }
 
+    /// Opens one of its files, relative to the base.
+    fn open_file(&self, name: &str, flags: libc::c_int) -> io::Result<fs::File> {
+        open_at(self.base_fd.as_raw_fd(), &self.rel.join(name), flags).map(fs::File::from)
+    }
+
+    /// Its directory, open (for `clone3(CLONE_INTO_CGROUP)`).
+    pub fn open_dir(&self) -> io::Result<fs::File> {
+        open_at(self.base_fd.as_raw_fd(), &self.rel, libc::O_RDONLY | libc::O_DIRECTORY).map(fs::File::from)
+    }
+
     /// Every process in it (forks included), in pid order.
     pub fn procs(&self) -> io::Result<Vec<i32>> {
-        let text = read_small(&self.dir.join("cgroup.procs"))?;
+        // Not held open: a read from offset 0 of a held `cgroup.procs` costs the kernel as
+        // much as an open does (a new walk of the members), and its close comes at the end anyway.
+        let text = read_all(&self.open_file("cgroup.procs", libc::O_RDONLY)?, false)?;
         let text = String::from_utf8_lossy(&text);
         let mut pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
         pids.sort_unstable();
@@ -176,7 +208,11 @@ impl ServiceCgroup {
 
     /// Whether any process is in it (`cgroup.events`).
     pub fn populated(&self) -> io::Result<bool> {
-        let text = read_small(&self.dir.join("cgroup.events"))?;
+        let text = match self.events.get() {
+            // A cgroup removed since reads as an error (ENODEV), like one whose file is gone.
+            Some(f) => read_all(f, true)?,
+            None => read_all(&self.open_file("cgroup.events", libc::O_RDONLY)?, false)?,
+        };
         Ok(text.split(|&b| b == b'\n').any(|l| l == b"populated 1"))
     }
 
@@ -269,33 +305,50 @@ impl ServiceCgroup {
 /// Sends `sig` to each of `pids` (members read a moment before) but init and air-nanny itself;
 /// the number signalled.
 pub fn signal_each(pids: &[i32], sig: nix::sys::signal::Signal) -> usize {
-    let me = std::process::id() as i32;
+    let me = crate::process::own_pid();
     pids.iter()
         .filter(|&&p| p > 1 && p != me)
         .filter(|&&p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig).is_ok())
         .count()
 }
 
-/// The whole of a small cgroup file, in as few system calls as it takes: `openat`, reads until
-/// end of file, `close`. (`fs::read_to_string` adds an `fstat` for its size hint, and musl an
-/// `fcntl` to set close-on-exec again: a shutdown of 1000 services read such files 3000 times.)
-fn read_small(path: &Path) -> io::Result<Vec<u8>> {
-    use std::io::Read;
+/// `openat(dir, path, flags | O_CLOEXEC)` as one system call (std's `File::open` adds an `fcntl`
+/// under musl to set close-on-exec again; a shutdown of 1000 services opens such files thousands
+/// of times).
+fn open_at(dir: RawFd, path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: openat on a NUL-terminated path; the descriptor returned is ours.
-    let fd = unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    let fd = unsafe { libc::syscall(libc::SYS_openat, dir, c.as_ptr(), flags | libc::O_CLOEXEC) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a new descriptor nobody else owns.
-    let mut f = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) });
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// The whole of a small cgroup file (no `fstat` for a size hint, which `fs::read` would add), from
+/// the start of the file with `from_start` (a kernfs file held open is read again from offset 0
+/// by `pread`, which makes the kernel generate it anew, a new walk of the members included).
+///
+/// Most often one system call: cgroup files are seq_files, whose read fills the request from
+/// records until they run out, so a read of at most a page that returns less than it asked for
+/// has reached the end (the seq_file's own buffer, a page or more, cannot fill up first).
+fn read_all(mut f: &fs::File, from_start: bool) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    const CHUNK: usize = 512;
     let mut out = Vec::new();
-    let mut chunk = [0u8; 512];
+    let mut chunk = [0u8; CHUNK];
     loop {
-        match f.read(&mut chunk) {
+        let read = if from_start { f.read_at(&mut chunk, out.len() as u64) } else { f.read(&mut chunk) };
+        match read {
             Ok(0) => return Ok(out),
+            Ok(n) if n < CHUNK => {
+                out.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                return Ok(out);
+            }
             Ok(n) => out.extend_from_slice(chunk.get(..n).unwrap_or_default()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -338,8 +391,9 @@ struct Watches {
 
 struct Watched {
     key: u64,
-    /// Kept open for as long as someone watches: closing it removes it from the epoll set.
-    _file: fs::File,
+    /// Kept open for as long as someone watches: closing it removes it from the epoll set. The
+    /// watched cgroup reads `populated` from it too.
+    file: Arc<fs::File>,
     tx: watch::Sender<u64>,
 }
 
@@ -405,13 +459,14 @@ impl Monitor {
         // cgroup may have been removed and made again: a new descriptor then).
         if let Some(w) = watches.by_path.get(&path) {
             if w.tx.receiver_count() > 0 {
+                let _ = cg.events.set(w.file.clone());
                 return Ok(w.tx.subscribe());
             }
         }
         if watches.by_path.len() >= 64 && watches.by_path.len().is_power_of_two() {
             watches.sweep();
         }
-        let file = fs::File::open(&path)?;
+        let file = Arc::new(cg.open_file("cgroup.events", libc::O_RDONLY)?);
         let key = watches.next_key;
         watches.next_key += 1;
         // Edge-triggered EPOLLPRI: kernfs wakes pollers on every change of the file; nothing has
@@ -423,8 +478,9 @@ impl Monitor {
             return Err(io::Error::last_os_error());
         }
         let (tx, rx) = watch::channel(0);
+        let _ = cg.events.set(file.clone());
         watches.by_key.insert(key, path.clone());
-        if let Some(old) = watches.by_path.insert(path, Watched { key, _file: file, tx }) {
+        if let Some(old) = watches.by_path.insert(path, Watched { key, file, tx }) {
             watches.by_key.remove(&old.key);
         }
         Ok(rx)
@@ -451,6 +507,18 @@ impl MonitorInner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A base of a unit test's own (`prefix-PID`), or `None`, said loudly, where cgroup v2 is not
+    /// writable here (`skipped` says what is not tested then).
+    fn unit_hierarchy(prefix: &str, skipped: &str) -> Option<Hierarchy> {
+        match Hierarchy::open(Some(&format!("{prefix}-{}", std::process::id()))) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                eprintln!("!!! NO WRITABLE CGROUP V2 HERE ({e}): {skipped}");
+                None
+            }
+        }
+    }
 
     #[test]
     fn finds_the_cgroup2_mount_in_hybrid_and_unified_layouts() {
@@ -479,15 +547,9 @@ mod tests {
     /// Against the real hierarchy; says loudly when there is none to test with.
     #[test]
     fn a_service_cgroup_holds_forks_reports_population_and_kills_all() {
-        let base = format!("/air-nanny-unit-{}", std::process::id());
-        let h = match Hierarchy::open(Some(&base)) {
-            Ok(h) => h,
-            Err(e) => {
-                eprintln!(
-                    "!!! NO WRITABLE CGROUP V2 HERE ({e}): cgroup unit test skipped; the fallback mode is what runs"
-                );
-                return;
-            }
+        let Some(h) = unit_hierarchy("/air-nanny-unit", "cgroup unit test skipped; the fallback mode is what runs")
+        else {
+            return;
         };
         let cg = h.service("unit.test");
         cg.create().unwrap();
@@ -521,18 +583,43 @@ mod tests {
         fs::remove_dir(h.base()).unwrap();
     }
 
+    /// The members are read whole however long their list is: a read that fills its buffer is
+    /// followed by another (a short one ends it), as `fs::read_to_string` of the same file says.
+    #[test]
+    fn the_members_are_read_whole_however_many_there_are() {
+        let Some(h) = unit_hierarchy("/air-nanny-unit-many", "cgroup unit test skipped") else { return };
+        let cg = h.service("many");
+        cg.create().unwrap();
+        let mut cmd = std::process::Command::new("/bin/sh");
+        // 300 workers: their pids take well over one 512-byte read.
+        cmd.args(["-c", "i=0; while [ $i -lt 300 ]; do sleep 30 & i=$((i+1)); done; exec sleep 30"]);
+        let out = fs::File::create("/dev/null").unwrap();
+        let pid = crate::spawn::spawn_into(&cmd, std::os::fd::AsFd::as_fd(&out), &cg, Default::default()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while cg.procs().unwrap().len() < 301 {
+            assert!(std::time::Instant::now() < deadline, "{} members", cg.procs().unwrap().len());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let text = fs::read_to_string(cg.dir().join("cgroup.procs")).unwrap();
+        let mut kernel: Vec<i32> = text.lines().map(|l| l.parse().unwrap()).collect();
+        kernel.sort_unstable();
+        assert!(text.len() > 512);
+        assert_eq!(cg.procs().unwrap(), kernel);
+        cg.kill().unwrap();
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        while cg.populated().unwrap() {
+            assert!(std::time::Instant::now() < deadline, "still populated after cgroup.kill");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        cg.remove().unwrap();
+        fs::remove_dir(h.base()).unwrap();
+    }
+
     /// The monitor wakes a waiter when the cgroup empties (an event, not the deadline), for
     /// several cgroups through one epoll descriptor, and forgets watches nobody holds.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_monitor_wakes_waiters_when_a_cgroup_empties() {
-        let base = format!("/air-nanny-unit-monitor-{}", std::process::id());
-        let h = match Hierarchy::open(Some(&base)) {
-            Ok(h) => h,
-            Err(e) => {
-                eprintln!("!!! NO WRITABLE CGROUP V2 HERE ({e}): monitor test skipped");
-                return;
-            }
-        };
+        let Some(h) = unit_hierarchy("/air-nanny-unit-monitor", "monitor test skipped") else { return };
         let monitor = Monitor::start().unwrap();
         let out = fs::File::create("/dev/null").unwrap();
         let mut cgs = Vec::new();

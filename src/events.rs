@@ -35,6 +35,10 @@ const QUEUE_MAX: usize = 4096;
 /// How long the writer lets events gather before it writes and syncs them: the most a power
 /// cut can take of the history (besides what the storage itself loses).
 const COALESCE: std::time::Duration = std::time::Duration::from_millis(200);
+/// The same while air-nanny stops its services: a shutdown's two events per service (stopping,
+/// stopped) become one write per file, most often the one at exit, instead of a batch in the
+/// middle of the stops that opened a thousand files while the programs were ending.
+const STOPPING_COALESCE: std::time::Duration = std::time::Duration::from_secs(1);
 /// A message is cut to this many bytes, a check's output to [`OUTPUT_MAX`].
 const MESSAGE_MAX: usize = 600;
 pub const OUTPUT_MAX: usize = 512;
@@ -109,6 +113,8 @@ struct Queue {
     dropped: u64,
     /// air-nanny exits: write at once, do not let anything gather.
     closing: bool,
+    /// air-nanny is stopping its services: let events gather for [`STOPPING_COALESCE`].
+    stopping: bool,
 }
 
 struct FileState {
@@ -199,16 +205,32 @@ impl Journal {
     /// a shutdown, services failing together) becomes one batch, one sync per file.
     fn write_queued(&self) {
         loop {
-            if let Ok(q) = self.inner.queue.lock() {
-                if !q.closing {
-                    // Woken early only at exit (the runtime's shutdown waits for this thread).
-                    let _ = self.inner.wake.wait_timeout(q, COALESCE);
+            let begun = std::time::Instant::now();
+            if let Ok(mut q) = self.inner.queue.lock() {
+                // Woken early at exit (the runtime's shutdown waits for this thread), and when the
+                // services begin to stop (the wait grows).
+                while !q.closing {
+                    let gather = if q.stopping { STOPPING_COALESCE } else { COALESCE };
+                    let Some(left) = gather.checked_sub(begun.elapsed()).filter(|l| !l.is_zero()) else { break };
+                    q = match self.inner.wake.wait_timeout(q, left) {
+                        Ok((q, _)) => q,
+                        Err(_) => return,
+                    };
                 }
             }
             if !self.drain(true, true) {
                 return;
             }
         }
+    }
+
+    /// air-nanny begins to stop its services: what they record gathers longer (see
+    /// [`STOPPING_COALESCE`]); [`Journal::flush`] writes it at exit.
+    pub fn stopping(&self) {
+        if let Ok(mut q) = self.inner.queue.lock() {
+            q.stopping = true;
+        }
+        self.inner.wake.notify_all();
     }
 
     /// Writes the queued events; false when there were none (and, for the `writer`, it is then
@@ -256,18 +278,23 @@ impl Journal {
     fn write_batch(&self, files: &mut HashMap<String, FileState>, batch: Vec<Pending>, sync: bool) -> io::Result<()> {
         std::fs::create_dir_all(&self.inner.dir)?;
         // Lines per service, in order, with their sequence numbers.
+        // (A burst of a thousand services' events is grouped through an index, not a search.)
         let mut lines: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
         for Pending { service, mut event } in batch {
-            let path = self.path(&service);
-            let st = files.entry(service.clone()).or_insert_with(|| load_state(&path));
+            if !files.contains_key(&service) {
+                files.insert(service.clone(), load_state(&self.path(&service)));
+            }
+            let Some(st) = files.get_mut(&service) else { continue };
             event.seq = st.next_seq;
             st.next_seq += 1;
-            let mut line = serde_json::to_vec(&event).map_err(io::Error::other)?;
-            line.push(b'\n');
-            match lines.iter_mut().find(|(s, _)| *s == service) {
-                Some((_, buf)) => buf.extend_from_slice(&line),
-                None => lines.push((service, line)),
-            }
+            let i = *index.entry(service).or_insert_with_key(|service| {
+                lines.push((service.clone(), Vec::new()));
+                lines.len() - 1
+            });
+            let Some((_, buf)) = lines.get_mut(i) else { continue };
+            serde_json::to_writer(&mut *buf, &event).map_err(io::Error::other)?;
+            buf.push(b'\n');
         }
         let limit = Journal::file_limit(files.len());
         let mut written = Vec::with_capacity(lines.len());

@@ -177,7 +177,7 @@ fn scan(found: impl FnMut(i32, &[u8])) {
 }
 
 fn scan_after(after: i32, mut found: impl FnMut(i32, &[u8])) {
-    let me = std::process::id() as i32;
+    let me = own_pid();
     let Ok(dir) = std::fs::read_dir("/proc") else { return };
     let mut buf = PathBuf::new();
     for entry in dir.flatten() {
@@ -259,7 +259,7 @@ pub fn signal_all(pids: &[i32], sig: Signal) {
         if let Some(pgid) = pgid_of(pid) {
             signal_group(pgid, sig);
         }
-        if pid > 1 && pid != std::process::id() as i32 {
+        if pid > 1 && pid != own_pid() {
             let _ = kill(Pid::from_raw(pid), sig);
         }
     }
@@ -300,7 +300,7 @@ impl Held {
     /// init). The caller checks *after* holding that it is the process it meant (its exe, its tag):
     /// then the hold is exact.
     pub fn open(pid: i32) -> Option<Held> {
-        if pid <= 1 || pid == std::process::id() as i32 {
+        if pid <= 1 || pid == own_pid() {
             return None;
         }
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
@@ -406,6 +406,13 @@ pub fn lookup_user(user: &str) -> Result<(u32, u32), String> {
         Some(uid) => Ok((uid, uid)),
         None => Err(format!("no user named {user:?} in /etc/passwd")),
     }
+}
+
+/// air-nanny's own pid, asked of the kernel once (`std::process::id` asks at every call, and a
+/// shutdown checks it before each signal).
+pub fn own_pid() -> i32 {
+    static PID: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    *PID.get_or_init(|| std::process::id() as i32)
 }
 
 /// Makes the calling process a child subreaper, so that orphans of its descendants (programs that

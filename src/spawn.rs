@@ -226,7 +226,7 @@ impl Prepared {
         start: impl Fn(&Arc<Prepared>, Birth<'_>) -> Result<T, SpawnError>,
     ) -> io::Result<T> {
         if !NO_CLONE_INTO_CGROUP.load(Ordering::Relaxed) && !cgroup.was_killed() {
-            let dir = File::open(cgroup.dir())?;
+            let dir = cgroup.open_dir()?;
             match start(&this, Birth::Into(dir.as_fd())) {
                 Err(SpawnError::KilledAtBirth) => {
                     tracing::debug!(cgroup = %cgroup.dir().display(), "a child cloned into a cgroup killed before was killed at birth; moving children in");

@@ -218,6 +218,21 @@ finally:
         proc.wait(timeout=300)
     except subprocess.TimeoutExpired:
         proc.kill()
+    # A shutdown leaves the services' empty cgroups for the next start: this run's are removed.
+    for line in open("/proc/self/mountinfo"):
+        left, _, right = line.partition(" - ")
+        if right.startswith("cgroup2 "):
+            base = left.split()[4] + f"/air-nanny-hot/{os.getpid()}"
+            for e in (os.listdir(base) if os.path.isdir(base) else []):
+                try:
+                    os.rmdir(os.path.join(base, e))
+                except OSError:
+                    pass
+            try:
+                os.rmdir(base)
+            except OSError:
+                pass
+            break
 
 if not native_map:
     steady = [f for f in os.listdir(d) if f.startswith("cg.") and "steady" in open(os.path.join(d, f)).read(4096)]

@@ -649,6 +649,7 @@ impl Actor {
     /// One pass over /proc serves every service that has to look for its program.
     async fn stop_all(mut self) -> ShutdownReport {
         tracing::info!("stopping all services in reverse order");
+        self.journal.stopping();
         let table = match self.cgroups {
             Some(_) => Arc::new(ProcTable::default()),
             None => Arc::new(tokio::task::spawn_blocking(ProcTable::scan).await.unwrap_or_default()),
@@ -664,10 +665,6 @@ impl Actor {
                 }
             });
             for (name, r) in futures_util::future::join_all(stops).await {
-                // Stopped: its empty cgroup goes (the task may not get to it before the exit).
-                if let Some(c) = &self.cgroups {
-                    let _ = c.hierarchy.service(&name).remove();
-                }
                 match r {
                     Ok(Done { stop_fault: Some(f) }) => faults.push((name, f)),
                     Ok(_) => {}
@@ -677,11 +674,7 @@ impl Actor {
         }
         self.detached.close();
         self.detached.wait().await;
-        // A base of its own (CGROUP_BASE) left empty goes too; systemd's delegated cgroup, which
-        // holds air-nanny's leaf, stays.
-        if let Some(c) = &self.cgroups {
-            let _ = std::fs::remove_dir(c.hierarchy.base());
-        }
+        // The services' cgroups stay, empty, for the next start (see `ServiceTask::run`).
         ShutdownReport { faults }
     }
 }

@@ -270,3 +270,32 @@ fn a_cgroup_left_by_a_removed_service_is_stopped_at_start() {
     wait_until("its cgroup removed", Duration::from_secs(10), || (!dir.exists()).then_some(()));
     drop(n);
 }
+
+/// A deleted service's cgroup goes with it; a shutdown leaves the services' cgroups, empty, and
+/// the next start uses them again: nothing is adopted from them, the program starts anew in it.
+#[test]
+fn a_deleted_services_cgroup_is_removed_and_a_shutdown_leaves_the_others_empty_for_the_next_start() {
+    if !cgroups_here("cgroup removal") {
+        return;
+    }
+    let f = Fixture::with_config("CGROUPS: required\n");
+    f.write_services(&json!([f.direct_service("kept", 0, &[]), f.direct_service("dropped", 0, &[])]));
+    let mut n = f.start();
+    let old = n.wait_running("kept");
+    n.wait_running("dropped");
+    let dir = f.cgroup_dir().unwrap();
+    assert!(dir.join("svc-dropped").is_dir());
+    n.ok("DELETE", "/task/del?name=dropped", None);
+    wait_until("the deleted service's cgroup removed", Duration::from_secs(10), || {
+        (!dir.join("svc-dropped").exists()).then_some(())
+    });
+    assert!(n.terminate().success());
+    assert!(dir.join("svc-kept").is_dir(), "a shutdown keeps the services' cgroups");
+    assert!(f.cgroup_members("kept").is_empty(), "and nothing is left in them");
+    assert!(!alive(old[0]));
+    let n = f.start();
+    let new = n.wait_running("kept");
+    assert_ne!(new, old);
+    assert_eq!(f.cgroup_members("kept"), vec![new[0] as i32], "the new program runs in the kept cgroup");
+    assert!(!f.log("kept").contains("adopted"), "{}", f.log("kept"));
+}

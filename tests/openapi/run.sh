@@ -86,6 +86,12 @@ EOF
         tail -n 60 "$dir/nanny.log" >&2
     fi
     rm -rf "$dir"
+    # A shutdown leaves the services' empty cgroups for the next start: this run's are removed here.
+    local cg
+    cg="$(awk '{for (i = 1; i < NF; i++) if ($i == "-") { if ($(i + 1) == "cgroup2") { print $5; exit } break }}' /proc/self/mountinfo)"
+    if [ -n "$cg" ] && [ -d "$cg/air-nanny-test/openapi-$$-$mode" ]; then
+        rmdir "$cg/air-nanny-test/openapi-$$-$mode"/svc-* "$cg/air-nanny-test/openapi-$$-$mode" 2>/dev/null || true
+    fi
     [ "$rc" -eq 0 ] || return "$rc"
     # air-nanny exits 1 when a stop needed force; anything else is a failure.
     [ "$exit_rc" -le 1 ] || return 1

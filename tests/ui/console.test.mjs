@@ -71,8 +71,21 @@ async function startDemo({ token, services, yaml: extraYaml = "", files = {} } =
       child.kill("SIGTERM");
       await new Promise((r) => child.exitCode !== null ? r() : child.once("exit", r));
       fs.rmSync(dir, { recursive: true, force: true });
+      removeCgroups(`/air-nanny-ui/${process.pid}-${port}`);
     },
   };
+}
+
+// A shutdown leaves the services' empty cgroups for the next start: a test's own are removed.
+function removeCgroups(base) {
+  const line = fs.readFileSync("/proc/self/mountinfo", "utf8").split("\n").find((l) => l.split(" - ")[1]?.startsWith("cgroup2 "));
+  if (!line) return;
+  const dir = path.join(line.split(" - ")[0].split(" ")[4], base);
+  if (!fs.existsSync(dir)) return;
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    if (e.isDirectory()) try { fs.rmdirSync(path.join(dir, e.name)); } catch {}
+  }
+  try { fs.rmdirSync(dir); } catch {}
 }
 
 let browser, demo;

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Shutdowns of several air-nanny builds, one after another, over and over: on a VM whose speed
+drifts within the hour only runs that alternate compare. Each run boots N services (bench.py's
+setup), lets them settle, sends SIGTERM and times it until air-nanny has exited with every program
+gone; it also reads the machine's busy CPU time over the shutdown (/proc/stat: user, nice, system,
+irq, softirq), since with a thousand programs ending at once both cores are busy and what
+air-nanny spends is taken from the programs' exits.
+
+    python3 bench/shutdown.py --program target/x86_64-unknown-linux-musl/release/demo-service \\
+        --runs 7 --n 1000 --mode direct NAME=BINARY ...
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402
+
+
+def busy_ms():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) * 1000 // os.sysconf("SC_CLK_TCK")
+
+
+def one(binary, program, n, mode, settle):
+    s = bench.Setup(binary, program, n, mode)
+    try:
+        nn = bench.Nanny(s)
+        nn.all_started()
+        nn.wait_ready()
+        time.sleep(settle)  # the benchmark's own settling time, not a wait for a condition
+        b0 = busy_ms()
+        ms, code, left = nn.shutdown()
+        busy = busy_ms() - b0
+    finally:
+        s.cleanup()
+    if code != 0 or left:
+        raise SystemExit(f"shutdown: {binary} exited {code} with {left} programs left")
+    return ms, busy
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--program", required=True)
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--mode", choices=("direct", "script"), default="direct")
+    ap.add_argument("--settle", type=float, default=4.0)
+    ap.add_argument("builds", nargs="+", help="NAME=BINARY")
+    a = ap.parse_args()
+    builds = [b.split("=", 1) for b in a.builds]
+    res = {name: [] for name, _ in builds}
+    for _ in range(a.runs):
+        for name, binary in builds:
+            res[name].append(one(binary, a.program, a.n, a.mode, a.settle))
+    print(f"| build | runs | shutdown ms, median (range) | busy CPU ms over it, median |")
+    print("|---|---|---|---|")
+    for name, runs in res.items():
+        walls = sorted(r[0] for r in runs)
+        print(f"| {name} | {len(runs)} | {statistics.median(walls):.0f} ({walls[0]:.0f}–{walls[-1]:.0f}) "
+              f"| {statistics.median(r[1] for r in runs):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
