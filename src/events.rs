@@ -192,8 +192,13 @@ impl Journal {
         if start_writer {
             let this = self.clone();
             match tokio::runtime::Handle::try_current() {
+                // Scheduled from a task of its own: when no blocking-pool thread is idle, the pool
+                // makes one on the thread that asks, and the event that starts a burst is most
+                // often a death, whose restart would wait for it (0.1 ms of a respawn).
                 Ok(rt) => {
-                    rt.spawn_blocking(move || this.write_queued());
+                    rt.spawn(async move {
+                        tokio::task::spawn_blocking(move || this.write_queued());
+                    });
                 }
                 // No runtime (tools, tests): written at once, nothing gathers.
                 Err(_) => while this.drain(true, true) {},

@@ -491,14 +491,16 @@ impl ServiceTask {
                 return Some(Input::Found { gen, pids });
             }
             Action::Probe { gen } => return self.probe(gen),
-            Action::KillGroup { pid } => {
-                process::signal_group(pid, Signal::SIGKILL);
-                if let Some(o) = &self.owned {
+            // What the dead program left: its cgroup's members (exact: nothing signalled by a
+            // number that may be another's by now), or without one, its process group.
+            Action::KillGroup { pid } => match &self.owned {
+                Some(o) => {
                     if let Err(e) = o.cg.kill_if_populated() {
                         tracing::warn!(service = %self.info.name, "cgroup.kill: {e}");
                     }
                 }
-            }
+                None => process::signal_group(pid, Signal::SIGKILL),
+            },
             Action::Answer(Answer::Start(r)) => {
                 for w in self.start_waiters.drain(..) {
                     let _ = w.send(r.clone().map(|()| Done::default()).map_err(ControlError::Failed));
