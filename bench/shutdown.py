@@ -26,8 +26,11 @@ def busy_ms():
     return (v[0] + v[1] + v[2] + v[5] + v[6]) * 1000 // os.sysconf("SC_CLK_TCK")
 
 
-def one(binary, program, n, mode, settle):
+def one(binary, program, n, mode, settle, extra):
     s = bench.Setup(binary, program, n, mode)
+    if extra:
+        with open(os.path.join(s.dir, "config.yaml"), "a") as f:
+            f.write("".join(line + "\n" for line in extra))
     try:
         nn = bench.Nanny(s)
         nn.all_started()
@@ -50,13 +53,15 @@ def main():
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--mode", choices=("direct", "script"), default="direct")
     ap.add_argument("--settle", type=float, default=4.0)
+    ap.add_argument("--config", action="append", default=[], metavar="LINE",
+                    help="a line added to config.yaml, e.g. 'CGROUPS: off' for the fallback mode")
     ap.add_argument("builds", nargs="+", help="NAME=BINARY")
     a = ap.parse_args()
     builds = [b.split("=", 1) for b in a.builds]
     res = {name: [] for name, _ in builds}
     for _ in range(a.runs):
         for name, binary in builds:
-            res[name].append(one(binary, a.program, a.n, a.mode, a.settle))
+            res[name].append(one(binary, a.program, a.n, a.mode, a.settle, a.config))
     print(f"| build | runs | shutdown ms, median (range) | busy CPU ms over it, median |")
     print("|---|---|---|---|")
     for name, runs in res.items():
