@@ -14,11 +14,11 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::io::unix::AsyncFd;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// The mount point of the cgroup2 hierarchy, from the text of `/proc/self/mountinfo`.
@@ -251,11 +251,11 @@ impl ServiceCgroup {
 
     /// Waits until no process is left in it, or `deadline`. True when empty. `events` is its
     /// [`Monitor::watch`]; without one (or when the watch ends) it looks every 20 ms.
-    pub async fn wait_empty(&self, events: Option<&mut watch::Receiver<u64>>, deadline: Instant) -> bool {
+    pub async fn wait_empty(&self, events: Option<&mut EventsWatch>, deadline: Instant) -> bool {
         let mut events = events;
         loop {
             if let Some(rx) = events.as_deref_mut() {
-                rx.borrow_and_update();
+                rx.mark_seen();
             }
             // A cgroup that has gone (removed) holds nothing either.
             if !self.populated().unwrap_or(false) {
@@ -394,14 +394,76 @@ struct Watched {
     /// Kept open for as long as someone watches: closing it removes it from the epoll set. The
     /// watched cgroup reads `populated` from it too.
     file: Arc<fs::File>,
-    tx: watch::Sender<u64>,
+    tx: Arc<EventCount>,
+}
+
+impl Watched {
+    /// How many [`EventsWatch`]es of it are held.
+    fn receiver_count(&self) -> usize {
+        Arc::strong_count(&self.tx) - 1
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.tx.closed.store(true, Ordering::Release);
+        self.tx.notify.notify_waiters();
+    }
+}
+
+/// How often a `cgroup.events` file changed, bumped by the monitor. An atomic and one `Notify`:
+/// a tokio `watch` channel costs about 350 bytes per service (its notifier is eight-way).
+#[derive(Default)]
+struct EventCount {
+    count: AtomicU64,
+    /// The monitor stopped watching the file.
+    closed: AtomicBool,
+    notify: Notify,
+}
+
+/// A watch of one cgroup's `cgroup.events` ([`Monitor::watch`]): says when the file changed
+/// since this watch last looked.
+#[derive(Clone)]
+pub struct EventsWatch {
+    shared: Arc<EventCount>,
+    seen: u64,
+}
+
+/// The monitor no longer watches the file (its cgroup was removed, or the monitor ended).
+#[derive(Debug)]
+pub struct Unwatched;
+
+impl EventsWatch {
+    /// Takes every change so far as seen.
+    pub fn mark_seen(&mut self) {
+        self.seen = self.shared.count.load(Ordering::Acquire);
+    }
+
+    /// Waits for a change after the last one seen, and takes it as seen.
+    pub async fn changed(&mut self) -> Result<(), Unwatched> {
+        loop {
+            // Registered before the count is read, so a bump in between still wakes it.
+            let notified = self.shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = self.shared.count.load(Ordering::Acquire);
+            if now != self.seen {
+                self.seen = now;
+                return Ok(());
+            }
+            if self.shared.closed.load(Ordering::Acquire) {
+                return Err(Unwatched);
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Watches {
     /// Forgets the watches nobody holds a receiver of any more (their cgroups stopped or removed).
     fn sweep(&mut self) {
         let gone: Vec<PathBuf> =
-            self.by_path.iter().filter(|(_, w)| w.tx.receiver_count() == 0).map(|(p, _)| p.clone()).collect();
+            self.by_path.iter().filter(|(_, w)| w.receiver_count() == 0).map(|(p, _)| p.clone()).collect();
         for p in gone {
             if let Some(w) = self.by_path.remove(&p) {
                 self.by_key.remove(&w.key);
@@ -452,15 +514,15 @@ impl Monitor {
     }
 
     /// A receiver that changes whenever `cg`'s `cgroup.events` does (the cgroup must exist).
-    pub fn watch(&self, cg: &ServiceCgroup) -> io::Result<watch::Receiver<u64>> {
+    pub fn watch(&self, cg: &ServiceCgroup) -> io::Result<EventsWatch> {
         let path = cg.dir.join("cgroup.events");
         let mut watches = self.inner.watches.lock().expect("monitor lock");
         // The same file gives the same counter, while it is watched (once nobody watches, the
         // cgroup may have been removed and made again: a new descriptor then).
         if let Some(w) = watches.by_path.get(&path) {
-            if w.tx.receiver_count() > 0 {
+            if w.receiver_count() > 0 {
                 let _ = cg.events.set(w.file.clone());
-                return Ok(w.tx.subscribe());
+                return Ok(EventsWatch { shared: w.tx.clone(), seen: w.tx.count.load(Ordering::Acquire) });
             }
         }
         if watches.by_path.len() >= 64 && watches.by_path.len().is_power_of_two() {
@@ -477,7 +539,8 @@ impl Monitor {
         {
             return Err(io::Error::last_os_error());
         }
-        let (tx, rx) = watch::channel(0);
+        let tx = Arc::new(EventCount::default());
+        let rx = EventsWatch { shared: tx.clone(), seen: 0 };
         let _ = cg.events.set(file.clone());
         watches.by_key.insert(key, path.clone());
         if let Some(old) = watches.by_path.insert(path, Watched { key, file, tx }) {
@@ -495,8 +558,9 @@ impl MonitorInner {
             let key = ev.u64;
             let Some(path) = watches.by_key.get(&key) else { continue };
             let Some(w) = watches.by_path.get(path) else { continue };
-            w.tx.send_modify(|n| *n = n.wrapping_add(1));
-            unwatched |= w.tx.receiver_count() == 0;
+            w.tx.count.fetch_add(1, Ordering::AcqRel);
+            w.tx.notify.notify_waiters();
+            unwatched |= w.receiver_count() == 0;
         }
         if unwatched {
             watches.sweep();

@@ -124,15 +124,19 @@ async fn run(config: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let services = store.list().await;
-    tracing::info!(
-        server = %settings.server,
-        config = %settings.config_path.display(),
-        services = services.len(),
-        "air-nanny {} starting; start order: {}",
-        env!("CARGO_PKG_VERSION"),
-        plan(&services)
-    );
+    {
+        // A copy of every service for one log line: dropped here, not kept for as long as
+        // air-nanny runs (this future lives that long; at N = 1000 the copy was 0.6 MiB).
+        let services = store.list().await;
+        tracing::info!(
+            server = %settings.server,
+            config = %settings.config_path.display(),
+            services = services.len(),
+            "air-nanny {} starting; start order: {}",
+            env!("CARGO_PKG_VERSION"),
+            plan(&services)
+        );
+    }
     let listener = match air_nanny::bind(&settings).await {
         Ok(l) => l,
         Err(e) => {

@@ -469,7 +469,9 @@ pub fn parse_services(text: &[u8], file: &str) -> (Vec<ServiceInfo>, Problems) {
         problems.error(file, "", format!("expected a JSON array of service objects, found {}", service::kind(&value)));
         return (Vec::new(), problems);
     };
-    let mut services: Vec<ServiceInfo> = Vec::new();
+    // Sized once: the store keeps this vector for as long as air-nanny runs (grown by doubling,
+    // up to half of it stood empty: 0.2 MiB at 600 services).
+    let mut services: Vec<ServiceInfo> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let ctx = match item.get("name").and_then(Value::as_str) {
             Some(n) if !n.is_empty() => format!("{file}: {n}"),

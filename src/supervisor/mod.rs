@@ -304,6 +304,8 @@ impl Actor {
         self.reclaim();
         // The histories of services no longer configured go (the history stays bounded).
         let (journal, names) = (self.journal.clone(), infos.iter().map(|i| i.name.clone()).collect::<Vec<_>>());
+        // The tasks hold what they need: this copy would otherwise live as long as the actor.
+        drop(infos);
         tokio::task::spawn_blocking(move || journal.prune(|n| names.iter().any(|k| k == n)));
         let boot_cancel = self.shutdown.child_token();
         let scan = self.cgroups.is_none();

@@ -95,13 +95,25 @@ enum Msg {
 struct Events(mpsc::WeakSender<Msg>);
 
 impl Events {
-    async fn send(&self, input: Input) {
-        self.send_msg(Msg::Event(Box::new(input))).await
+    fn send(&self, input: Input) -> impl std::future::Future<Output = ()> + use<> {
+        self.send_msg(Msg::Event(Box::new(input)))
     }
 
-    async fn send_msg(&self, msg: Msg) {
-        if let Some(tx) = self.0.upgrade() {
-            let _ = tx.send(msg).await;
+    /// Queues `msg` at once when there is room, which is nearly always (the task drains its
+    /// queue without awaiting anything); only the wait for room is a future, boxed. Every watcher
+    /// of every service holds a send in its state: the channel's own send future is about 250
+    /// bytes, and an `async fn` here would keep copies of its arguments besides.
+    fn send_msg(&self, msg: Msg) -> impl std::future::Future<Output = ()> + use<> {
+        let wait = match self.0.upgrade().map(|tx| (tx.try_send(msg), tx)) {
+            Some((Err(mpsc::error::TrySendError::Full(msg)), tx)) => Some(Box::pin(async move {
+                let _ = tx.send(msg).await;
+            })),
+            _ => None,
+        };
+        async move {
+            if let Some(wait) = wait {
+                wait.await;
+            }
         }
     }
 }
@@ -159,7 +171,7 @@ impl ServiceHandle {
 #[derive(Clone)]
 struct Owned {
     cg: ServiceCgroup,
-    events: watch::Receiver<u64>,
+    events: cgroup::EventsWatch,
 }
 
 impl Owned {
@@ -232,7 +244,9 @@ pub fn spawn(
         shut_down: false,
     };
     let populated_at_start = task.owned.as_ref().is_some_and(|o| !o.members().is_empty());
-    tokio::spawn(task.run());
+    // Boxed: an async fn keeps a copy of its by-value arguments beside its own state (rustc does
+    // not overlap them), which made each service's task future twice the size of its state.
+    tokio::spawn(Box::new(task).run());
     ServiceHandle { tx, snapshot, log, populated_at_start }
 }
 
@@ -350,7 +364,7 @@ struct ServiceTask {
 }
 
 impl ServiceTask {
-    async fn run(mut self) {
+    async fn run(mut self: Box<Self>) {
         loop {
             let wake = self.machine.next_deadline();
             tokio::select! {
@@ -739,20 +753,18 @@ impl ServiceTask {
             }
             let child = self.child.take();
             let report_empty = child.is_none();
-            if let Some((child, exit)) = child {
-                let (tx, token) = (self.events.clone(), token.clone());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        e = exit => tx.send(Input::Gone { gen, pid: child, exit: e.ok().map(|e| e.to_string()) }).await,
-                        _ = token.cancelled() => {}
-                    }
-                });
-            }
             let (tx, reaper) = (self.events.clone(), self.reaper.clone());
             let first = pids.to_vec();
+            // One task watches both (a task per watcher cost a few hundred bytes per service).
             tokio::spawn(async move {
+                let gone = async {
+                    if let Some((pid, exit)) = child {
+                        let exit = exit.await.ok().map(|e| e.to_string());
+                        tx.send(Input::Gone { gen, pid, exit }).await;
+                    }
+                };
                 tokio::select! {
-                    _ = watch_cgroup(o, reaper, gen, first, report_empty, &tx) => {}
+                    _ = async { tokio::join!(gone, watch_cgroup(o, reaper, gen, first, report_empty, &tx)) } => {}
                     _ = token.cancelled() => {}
                 }
             });
@@ -891,41 +903,53 @@ fn describe(t: &TaskSnapshot) -> String {
 /// every process of the service whose parent has gone before it: the last one always).
 /// With `report_empty` false (a direct-mode child, whose own exit ends the run) it only reports
 /// the membership.
-async fn watch_cgroup(o: Owned, reaper: Reaper, gen: u64, first: Vec<i32>, report_empty: bool, tx: &Events) {
-    let Owned { cg, mut events } = o;
-    let mut claims: Vec<oneshot::Receiver<crate::reaper::Reaped>> = Vec::new();
-    let mut claimed: Vec<i32> = Vec::new();
-    let mut known = first;
-    loop {
-        events.borrow_and_update();
-        let pids = cg.procs().unwrap_or_default();
-        for &p in pids.iter().chain(known.iter()) {
-            if !claimed.contains(&p) {
-                claimed.push(p);
-                claims.extend(reaper.claim(p));
+///
+/// A plain function returning an `async move` block, which uses what it captured in place (an
+/// `async fn` keeps a second copy of its arguments: one per service, for as long as it runs).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn watch_cgroup(
+    mut o: Owned,
+    reaper: Reaper,
+    gen: u64,
+    mut known: Vec<i32>,
+    report_empty: bool,
+    tx: &Events,
+) -> impl std::future::Future<Output = ()> + '_ {
+    async move {
+        let mut claims: Vec<oneshot::Receiver<crate::reaper::Reaped>> = Vec::new();
+        let mut claimed: Vec<i32> = Vec::new();
+        loop {
+            o.events.mark_seen();
+            let pids = o.cg.procs().unwrap_or_default();
+            for &p in pids.iter().chain(known.iter()) {
+                if !claimed.contains(&p) {
+                    claimed.push(p);
+                    claims.extend(reaper.claim(p));
+                }
+            }
+            if pids.is_empty() {
+                break;
+            }
+            if pids != known {
+                known.clone_from(&pids);
+                tx.send(Input::Members { gen, pids }).await;
+            }
+            if o.events.changed().await.is_err() {
+                // The watch has gone (the cgroup was removed under us): look now and then.
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        if pids.is_empty() {
-            break;
+        if !report_empty {
+            return;
         }
-        if pids != known {
-            known.clone_from(&pids);
-            tx.send(Input::Members { gen, pids }).await;
-        }
-        if events.changed().await.is_err() {
-            // The watch has gone (the cgroup was removed under us): look now and then.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // The kernel marks the cgroup empty a moment before the parent is told: give the reaper that
+        // moment. Claims of processes that other members reaped never answer.
+        // Boxed: this wait runs once, at the end; kept inline it would size the watch's state.
+        let all = Box::pin(tokio::time::timeout(Duration::from_millis(500), futures_util::future::join_all(claims)));
+        let reaped = all.await.unwrap_or_default();
+        let last = reaped.into_iter().flatten().max_by_key(|r| r.seq);
+        tx.send(Input::Emptied { gen, exit: last.map(|r| r.exit.to_string()) }).await;
     }
-    if !report_empty {
-        return;
-    }
-    // The kernel marks the cgroup empty a moment before the parent is told: give the reaper that
-    // moment. Claims of processes that other members reaped never answer.
-    let all = futures_util::future::join_all(claims);
-    let reaped = tokio::time::timeout(Duration::from_millis(500), all).await.unwrap_or_default();
-    let last = reaped.into_iter().flatten().max_by_key(|r| r.seq);
-    tx.send(Input::Emptied { gen, exit: last.map(|r| r.exit.to_string()) }).await;
 }
 
 /// Direct mode: the program's command, and the user to run it as.
@@ -1377,4 +1401,32 @@ fn spawn_error(field: &str, path: &Path, work_dir: &Path, e: std::io::Error) -> 
         return format!("script.workDir: {} is not an existing directory", work_dir.display());
     }
     format!("{field}: cannot run {}: {e}", path.display())
+}
+#[cfg(test)]
+mod sizes {
+    //! Every service holds these futures for as long as it runs: at N = 1000 each 100 bytes is
+    //! 0.1 MiB of what air-nanny keeps resident (see README, "what a service costs").
+
+    fn size6<A, B, C, D, E, G, F: std::future::Future>(_: fn(A, B, C, D, E, G) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn a_services_watch_and_its_sends_stay_small() {
+        let watch = size6(super::watch_cgroup as fn(_, _, _, _, _, &'static super::Events) -> _);
+        // 600 bytes as an async fn sending through the channel's own future, 328 now.
+        assert!(watch <= 400, "watch_cgroup's future is {watch} bytes");
+        fn send<A, F: std::future::Future>(_: fn(&'static super::Events, A) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let sent = send(super::Events::send as fn(&'static super::Events, _) -> _);
+        // The channel's send future is about 250 bytes: only the rare wait for room holds one, boxed.
+        assert!(sent <= 32, "a watcher's send is {sent} bytes");
+        fn run<F: std::future::Future>(_: fn(Box<super::ServiceTask>) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        // The task's state is boxed: taken by value, an async fn keeps it twice (976 bytes each).
+        let task = run(super::ServiceTask::run as fn(Box<super::ServiceTask>) -> _);
+        assert!(task <= 512, "a service task's future is {task} bytes");
+    }
 }
