@@ -139,6 +139,26 @@ esac
             pass
 
 
+class RecordTail:
+    """The programs' start records appended after it was made, read a little at a time."""
+
+    def __init__(self, path):
+        self.path, self.offset, self.partial, self.found = path, os.path.getsize(path), b"", None
+
+    def start_of(self, name):
+        """(pid, ns) of the first new start of `name`, or None yet."""
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        for line in lines:
+            p = line.split()
+            if self.found is None and len(p) == 4 and p[0] == b"start" and p[1].decode() == name:
+                self.found = (int(p[2]), int(p[3]))
+        return self.found
+
+
 class Nanny:
     def __init__(self, setup):
         self.s = setup
@@ -215,12 +235,14 @@ class Nanny:
             if name in last_kill:
                 time.sleep(max(0.0, last_kill[name] + 1.2 - time.monotonic()))
             last_kill[name] = time.monotonic()
-            before = self.s.starts()[name]
-            pid = before[-1][0]
+            pid = self.s.starts()[name][-1][0]
+            # Only what the programs append from now on is read while waiting: parsing the whole
+            # record (N lines) every millisecond kept one of the two cores busy at N = 1000, which
+            # the control script and air-nanny then had to share (script mode suffered most).
+            tail = RecordTail(self.s.rec)
             t0 = time.time_ns()
             os.kill(pid, signal.SIGKILL)
-            new = wait_until(f"{name} to respawn", 30,
-                             lambda: (lambda v: v[-1] if len(v) > len(before) else None)(self.s.starts().get(name, [])))
+            new = wait_until(f"{name} to respawn", 30, lambda: tail.start_of(name))
             lat.append((new[1] - t0) / 1e6)
             # Let air-nanny settle (the next kill is a different service: first restart, no backoff).
             wait_until("the task to be running again", 30, lambda: self.task_running(name), step=0.005)
