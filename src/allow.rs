@@ -6,7 +6,9 @@
 //!
 //! The same [`Policy::check`] runs twice: in the API before anything is stored, and in the service
 //! task on the paths it resolves for every start of a configuration that came from a request (a
-//! symlink changed in between cannot make it run something else).
+//! symlink changed in between cannot make it run something else). The store keeps the policy of
+//! each entry a request wrote (`ConfigStore::upsert_requested`), so an entry stored by
+//! `/serviceInfo/set` and started by a later reload is checked too.
 
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -1,11 +1,13 @@
 //! The configuration store: the one owner of services.json. Loads it (falling back to the
 //! backup when it is corrupt), and applies upserts and deletes with serialised atomic writes.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
+use crate::allow::Policy;
 use crate::atomic;
 use crate::config::{self, Problems, ServiceInfo};
 
@@ -36,6 +38,11 @@ pub struct LoadReport {
 pub struct ConfigStore {
     inner: Arc<Mutex<Vec<ServiceInfo>>>,
     path: Arc<PathBuf>,
+    /// The entries written by a request, with the allow-list they passed: whatever starts such an
+    /// entry later (a reload, `/task/start`) checks it again on the paths it resolves then. Kept
+    /// while the entry stays as the request wrote it; in memory only: after a restart of
+    /// air-nanny the file is the operator's.
+    requested: Arc<std::sync::Mutex<HashMap<String, Arc<Policy>>>>,
 }
 
 impl ConfigStore {
@@ -78,7 +85,11 @@ impl ConfigStore {
                 }
             }
         };
-        let store = ConfigStore { inner: Arc::new(Mutex::new(services)), path: Arc::new(path.to_path_buf()) };
+        let store = ConfigStore {
+            inner: Arc::new(Mutex::new(services)),
+            path: Arc::new(path.to_path_buf()),
+            requested: Arc::default(),
+        };
         Ok((store, report))
     }
 
@@ -96,6 +107,32 @@ impl ConfigStore {
 
     /// Adds or replaces a service (matched by name; a new one goes last). Returns the previous one.
     pub async fn upsert(&self, svc: ServiceInfo) -> Result<Option<ServiceInfo>, StoreError> {
+        self.upsert_requested(svc, None).await
+    }
+
+    /// [`upsert`](Self::upsert) of an entry a request wrote under `policy` (kept for the starts
+    /// of it that come later; `None`: an entry nobody's allow-list applies to).
+    pub async fn upsert_requested(
+        &self,
+        svc: ServiceInfo,
+        policy: Option<Arc<Policy>>,
+    ) -> Result<Option<ServiceInfo>, StoreError> {
+        let name = svc.name.clone();
+        let old = self.replace(svc).await?;
+        let mut requested = self.requested.lock().expect("requested lock");
+        match policy {
+            Some(p) => requested.insert(name, p),
+            None => requested.remove(&name),
+        };
+        Ok(old)
+    }
+
+    /// The allow-list the entry `name` was written under by a request, while it stands as written.
+    pub fn policy_of(&self, name: &str) -> Option<Arc<Policy>> {
+        self.requested.lock().expect("requested lock").get(name).cloned()
+    }
+
+    async fn replace(&self, svc: ServiceInfo) -> Result<Option<ServiceInfo>, StoreError> {
         let mut guard = self.inner.lock().await;
         let mut next = guard.clone();
         let old = match next.iter_mut().find(|s| s.name == svc.name) {
@@ -118,6 +155,7 @@ impl ConfigStore {
         let old = next.remove(idx);
         self.persist(&next).await?;
         *guard = next;
+        self.requested.lock().expect("requested lock").remove(name);
         Ok(old)
     }
 
@@ -133,6 +171,11 @@ impl ConfigStore {
         if problems.has_errors() {
             return Err(StoreError::Invalid { file: self.path.to_path_buf(), problems });
         }
+        // A requested entry the operator has since edited (or removed) is the operator's now.
+        self.requested
+            .lock()
+            .expect("requested lock")
+            .retain(|name, _| guard.iter().find(|s| &s.name == name) == svcs.iter().find(|s| &s.name == name));
         *guard = svcs.clone();
         Ok((svcs, problems))
     }
@@ -172,6 +215,34 @@ mod tests {
             format!(r#"{{"name":"{name}","script":{{"programFilePath":"/bin/{name}"}}}}"#).as_bytes(),
         )
         .unwrap()
+    }
+
+    /// A requested entry keeps its allow-list while it stands as the request wrote it: not after
+    /// the operator edits it in the file, a plain upsert replaces it, or it is deleted.
+    #[tokio::test]
+    async fn a_requested_entry_keeps_its_allow_list_while_it_stands_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("public.yaml"), "rootpath: root\n").unwrap();
+        fs::write(dir.path().join("config.yaml"), "SERVER: s\nPUBLIC_CONF: public.yaml\nSERVER_PORT: 8090\n").unwrap();
+        let settings =
+            crate::config::Settings::load(&dir.path().join("config.yaml"), &mut Problems::default()).unwrap();
+        let policy = || Some(Arc::new(Policy::new(&settings, None)));
+        let p = dir.path().join("services.json");
+        let (store, _) = ConfigStore::load(&p).unwrap();
+        for name in ["kept", "edited", "replaced", "deleted"] {
+            store.upsert_requested(svc(name), policy()).await.unwrap();
+        }
+        store.upsert(svc("replaced")).await.unwrap();
+        store.delete("deleted").await.unwrap();
+        // The operator edits one entry in the file and reloads.
+        let mut on_disk: Vec<serde_json::Value> = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+        on_disk.iter_mut().find(|v| v["name"] == "edited").unwrap()["priority"] = 5.into();
+        fs::write(&p, serde_json::to_vec(&on_disk).unwrap()).unwrap();
+        store.reload().await.unwrap();
+        assert!(store.policy_of("kept").is_some());
+        for name in ["edited", "replaced", "deleted", "never"] {
+            assert!(store.policy_of(name).is_none(), "{name}");
+        }
     }
 
     #[tokio::test]
@@ -230,7 +301,8 @@ mod tests {
             let p = dir.path().join("services.json");
             let (store, _) = ConfigStore::load(&p).unwrap();
             store.upsert(svc("a")).await.unwrap();
-            let blocked = ConfigStore { inner: store.inner.clone(), path: Arc::new(p.join("x")) };
+            let blocked =
+                ConfigStore { inner: store.inner.clone(), path: Arc::new(p.join("x")), requested: Arc::default() };
             assert!(matches!(blocked.upsert(svc("b")).await, Err(StoreError::Write { .. })));
             assert!(blocked.delete("a").await.is_err());
             assert_eq!(store.list().await, vec![svc("a")]);

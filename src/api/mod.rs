@@ -507,9 +507,10 @@ async fn service_info_find(State(s): State<AppState>, RawQuery(q): RawQuery) -> 
 }
 
 async fn service_info_set(State(s): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    let (info, _) = service_body(&s, body).await?;
+    let (info, policy) = service_body(&s, body).await?;
     let name = info.name.clone();
-    s.store.upsert(info.clone()).await.map_err(store_error)?;
+    // Stored with the allow-list it passed: whatever starts it later checks it again.
+    s.store.upsert_requested(info.clone(), Some(Arc::new(policy))).await.map_err(store_error)?;
     s.supervisor.changes().bump();
     Ok(audited(ok(info), name))
 }

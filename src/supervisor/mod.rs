@@ -501,7 +501,7 @@ impl Actor {
         let name = info.name.clone();
         let before = self.decisions.clone();
         self.decide(self.cleared(&name)).await?;
-        if let Err(e) = self.store.upsert((*info).clone()).await {
+        if let Err(e) = self.store.upsert_requested((*info).clone(), policy.clone()).await {
             // Put the decisions back as they were: a failed request changes nothing.
             let _ = self.decide(before).await;
             return Err(e.into());
@@ -616,6 +616,9 @@ impl Actor {
             // The operator's decision as it stands now: a stopped service takes the new
             // configuration but stays stopped.
             let stopped = self.decisions.stopped.contains(&name);
+            // An entry a request wrote is checked again, at every start, against the allow-list
+            // it passed (`/serviceInfo/set` stores without starting: this is where it starts).
+            let policy = self.store.policy_of(&name);
             let (handle, control) = match self.tasks.get(&name) {
                 Some(h) if *h.snapshot().info == info => {
                     summary.unchanged.push(name);
@@ -623,17 +626,18 @@ impl Actor {
                 }
                 Some(h) => {
                     summary.changed.push(name.clone());
-                    let control =
-                        if stopped { Control::Update(Box::new(info)) } else { Control::Apply(Box::new(info), None) };
+                    let info = Box::new(info);
+                    let control = if stopped { Control::Update(info, policy) } else { Control::Apply(info, policy) };
                     (h.clone(), control)
                 }
                 None => {
                     summary.added.push(name.clone());
-                    let h = self.add_task(info);
-                    if stopped {
-                        continue;
+                    let h = self.add_task(info.clone());
+                    match (stopped, policy) {
+                        (true, None) => continue,
+                        (true, Some(p)) => (h, Control::Update(Box::new(info), Some(p))),
+                        (false, p) => (h, Control::Apply(Box::new(info), p)),
                     }
-                    (h, Control::Start)
                 }
             };
             tokio::spawn(async move {

@@ -48,8 +48,9 @@ pub enum Control {
     /// allow-list it came in under when it came from a request (checked again at every start).
     Apply(Box<ServiceInfo>, Option<Arc<Policy>>),
     /// Use this configuration from the next start on; a stopped service stays stopped (a running
-    /// one is restarted with it, as with `Apply`).
-    Update(Box<ServiceInfo>),
+    /// one is restarted with it, as with `Apply`). With the allow-list it was written under, when
+    /// a request wrote it.
+    Update(Box<ServiceInfo>, Option<Arc<Policy>>),
     /// Read the service's membership now (its cgroup), so that `Pids` includes the latest forks.
     Refresh,
 }
@@ -444,10 +445,11 @@ impl ServiceTask {
                 self.start_waiters.push(reply);
                 Input::Configure { changed, start: true }
             }
-            Control::Update(info) => {
+            Control::Update(info, policy) => {
                 let changed = self.configure(*info);
-                if changed {
-                    self.policy = None;
+                // An allow-list given for the same configuration only narrows what may run.
+                if changed || policy.is_some() {
+                    self.policy = policy;
                 }
                 self.start_waiters.push(reply);
                 Input::Configure { changed, start: false }

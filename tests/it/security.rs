@@ -435,3 +435,75 @@ fn token_files_are_re_read_on_sighup() {
     assert_eq!(f.http("GET", "/task/get", None, Some("second-token-0123456789")).0, 200);
     assert_eq!(n.terminate().code(), Some(0));
 }
+
+/// root/bin/NAME as a link to an allowed copy of the demo program; returns its programFilePath.
+fn linked_program(f: &Fixture, name: &str) -> String {
+    f.program(&format!("{name}-real"));
+    let _ = std::fs::remove_file(f.program_path(name));
+    std::os::unix::fs::symlink(f.program_path(&format!("{name}-real")), f.program_path(name)).unwrap();
+    format!("/bin/{name}")
+}
+
+/// Turns root/bin/NAME to `target` (outside every allowed directory).
+fn relink(f: &Fixture, name: &str, target: &Path) {
+    std::fs::remove_file(f.program_path(name)).unwrap();
+    std::os::unix::fs::symlink(target, f.program_path(name)).unwrap();
+}
+
+/// Waits until `name`'s start is refused by the allow-list (its LastError says so).
+fn wait_refused(n: &crate::common::Nanny<'_>, name: &str) -> Value {
+    wait_until(&format!("the start of {name} to be refused"), Duration::from_secs(20), || {
+        let t = n.task(name);
+        t["LastError"].as_str().is_some_and(|e| e.contains("refused by the allow-list")).then_some(t)
+    })
+}
+
+#[test]
+fn a_requested_entry_is_checked_again_when_it_starts_after_its_link_moved() {
+    let f = Fixture::new();
+    let marker = f.path("pwned");
+    evil(&f.path("outside/evil"), &marker);
+    let n = f.start();
+    let mut svc = f.direct_service("moved", 0, &[]);
+    svc["script"]["programFilePath"] = json!(linked_program(&f, "moved"));
+    let (status, v) = n.call("POST", "/task/set", Some(&svc.to_string()));
+    assert_eq!(status, 200, "{v}");
+    n.wait_running("moved");
+    n.ok("POST", "/task/stop?name=moved", None);
+    relink(&f, "moved", &f.path("outside/evil"));
+    let (status, _) = n.call("POST", "/task/start?name=moved", None);
+    assert_ne!(status, 200, "a start of a link now outside the allowed directories succeeded");
+    let t = wait_refused(&n, "moved");
+    assert!(t["LastError"].as_str().unwrap().contains("script.programFilePath"), "{t}");
+    assert!(!marker.exists(), "the program the link was turned to ran");
+}
+
+#[test]
+fn an_entry_stored_by_serviceinfo_set_is_checked_again_when_a_reload_starts_it() {
+    let f = Fixture::new();
+    let marker = f.path("pwned");
+    evil(&f.path("outside/evil"), &marker);
+    let n = f.start();
+    // Stored (checked now), not started: a reload applies it later.
+    let mut svc = f.direct_service("stored", 0, &[]);
+    svc["script"]["programFilePath"] = json!(linked_program(&f, "stored"));
+    let (status, v) = n.call("POST", "/serviceInfo/set", Some(&svc.to_string()));
+    assert_eq!(status, 200, "{v}");
+    // The same for a service the operator has stopped: the reload gives it the entry without
+    // starting it, and a start later must check it too.
+    let mut held = f.direct_service("held", 0, &[]);
+    n.ok("POST", "/task/set", Some(&held.to_string()));
+    n.wait_running("held");
+    n.ok("POST", "/task/stop?name=held", None);
+    held["script"]["programFilePath"] = json!(linked_program(&f, "held-link"));
+    let (status, v) = n.call("POST", "/serviceInfo/set", Some(&held.to_string()));
+    assert_eq!(status, 200, "{v}");
+    relink(&f, "stored", &f.path("outside/evil"));
+    relink(&f, "held-link", &f.path("outside/evil"));
+    n.ok("POST", "/reload", None);
+    wait_refused(&n, "stored");
+    let (status, _) = n.call("POST", "/task/start?name=held", None);
+    assert_ne!(status, 200, "a start of a link now outside the allowed directories succeeded");
+    wait_refused(&n, "held");
+    assert!(!marker.exists(), "the program the link was turned to ran");
+}
