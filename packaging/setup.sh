@@ -11,7 +11,7 @@ ALL_TARGETS=(aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf x86_64-unk
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${ALL_TARGETS[@]}")
 
-pkgs=(file binutils dpkg lintian qemu-user-static curl systemd man-db)
+pkgs=(file binutils dpkg lintian qemu-user-static qemu-system-arm cpio curl systemd man-db)
 for t in "${targets[@]}"; do
     case "$t" in
     armv7-unknown-linux-gnueabihf) pkgs+=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross) ;;
@@ -23,10 +23,22 @@ for t in "${targets[@]}"; do
 done
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+# packaging/system-test.sh downloads Debian's arm64 and armhf kernels and busybox (apt-get
+# download, nothing installed): apt must list those architectures.
+for a in arm64 armhf; do
+    if ! dpkg --print-foreign-architectures | grep -qx "$a"; then
+        dpkg --add-architecture "$a"
+        missing+=("--update-lists")
+    fi
+done
 if [ ${#missing[@]} -gt 0 ]; then
-    echo "== apt-get install ${missing[*]}"
+    install=()
+    for p in "${missing[@]}"; do [ "$p" = --update-lists ] || install+=("$p"); done
+    echo "== apt-get update${install[*]:+; apt-get install ${install[*]}}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    if [ ${#install[@]} -gt 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${install[@]}" >/dev/null
+    fi
 fi
 for t in "${targets[@]}"; do
     rustup target add "$t" >/dev/null

@@ -9,6 +9,7 @@
 #  - the .ipk's maintainer scripts in an offline root ($D, $IPKG_INSTROOT, $OPKG_OFFLINE_ROOT), for
 #    systemd and for procd, enabling once,
 #  - systemd-analyze verify on the unit,
+#  - the aarch64 and armv7 binaries on Debian's kernel under qemu-system (packaging/system-test.sh)
 #  - the aarch64 and armv7 binaries under qemu-user: start on a demo configuration, answer over
 #    HTTP on loopback, stop on SIGTERM with exit 0 and nothing left running.
 # Fails on the first failure.
@@ -220,5 +221,12 @@ JSON
 }
 smoke qemu-aarch64-static target/aarch64-unknown-linux-musl/release/air-nanny
 smoke qemu-arm-static target/armv7-unknown-linux-gnueabihf/release/air-nanny
+
+echo "== full-system emulation: the ARM builds on Debian's kernel (packaging/system-test.sh)"
+# qemu-user has no clone3: only a real kernel runs the spawn's CLONE_VM trampolines.
+for arch in aarch64 armv7; do
+    packaging/system-test.sh "$arch" || fail "system test on $arch"
+    ok "system test $arch: services in their cgroups, respawn, 20 restarts, clean SIGTERM"
+done
 
 echo "$pass passed, 0 failed"

@@ -426,6 +426,8 @@ impl Drop for Watched {
 #[derive(Default)]
 struct EventCount {
     count: AtomicU64,
+    /// When the monitor last saw a change ([`since_epoch`]).
+    last_ns: AtomicU64,
     /// The monitor stopped watching the file.
     closed: AtomicBool,
     notify: Notify,
@@ -439,6 +441,12 @@ pub struct EventsWatch {
     seen: u64,
 }
 
+/// Nanoseconds since the first call (a monotonic clock of the process's own), at least 1.
+fn since_epoch() -> u64 {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    EPOCH.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64 + 1
+}
+
 /// The monitor no longer watches the file (its cgroup was removed, or the monitor ended).
 #[derive(Debug)]
 pub struct Unwatched;
@@ -447,6 +455,14 @@ impl EventsWatch {
     /// Takes every change so far as seen.
     pub fn mark_seen(&mut self) {
         self.seen = self.shared.count.load(Ordering::Acquire);
+    }
+
+    /// Whether the file changed less than `window` ago. The kernel holds back a cgroup's
+    /// notification until 10 ms (a jiffy or two more at HZ = 100) after the one before: a change
+    /// now, so soon after the last, may be told that much later.
+    pub fn changed_within(&self, window: std::time::Duration) -> bool {
+        let last = self.shared.last_ns.load(Ordering::Acquire);
+        last != 0 && since_epoch().saturating_sub(last) < window.as_nanos() as u64
     }
 
     /// Waits for a change after the last one seen, and takes it as seen.
@@ -568,6 +584,7 @@ impl MonitorInner {
             let key = ev.u64;
             let Some(path) = watches.by_key.get(&key) else { continue };
             let Some(w) = watches.by_path.get(path) else { continue };
+            w.tx.last_ns.store(since_epoch(), Ordering::Release);
             w.tx.count.fetch_add(1, Ordering::AcqRel);
             w.tx.notify.notify_waiters();
             unwatched |= w.receiver_count() == 0;
@@ -735,6 +752,9 @@ mod tests {
                     assert!(cg.wait_emptied(rx, deadline).await);
                 }
             }
+            // The change is dated: a stop this soon after it cannot count on the next one.
+            assert!(rx.changed_within(std::time::Duration::from_secs(60)));
+            assert!(!rx.changed_within(std::time::Duration::ZERO));
             // Woken by the change, long before the deadline would have ended the wait.
             assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{:?}", t0.elapsed());
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(*pid), None);

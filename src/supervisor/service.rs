@@ -1243,6 +1243,10 @@ async fn stop(ctx: &Ctx, mut pids: Vec<i32>, lookup: Lookup, held: Vec<Held>) ->
     fault
 }
 
+/// How long after a change of a cgroup's `cgroup.events` its next notification may be held back
+/// (the kernel's 10 ms, counted in jiffies, with room for HZ = 100).
+const NOTIFY_HOLD_BACK: Duration = Duration::from_millis(50);
+
 /// Stops what runs in the service's cgroup: the stop command (script mode, itself in the cgroup)
 /// or the stop signal to every member (direct mode); what is left at the stop timeout gets the
 /// stop signal (script mode) and then `cgroup.kill`. Done when the cgroup is empty: nothing of the
@@ -1295,12 +1299,20 @@ async fn stop_owned(ctx: &Ctx, o: &Owned) -> Option<String> {
             // The members just read: a fork racing this read is ended by cgroup.kill once the stop
             // timeout has passed (as before, when the members were read a second time).
             events.mark_seen();
+            // The kernel holds back a cgroup's notification until 10 ms after the one before:
+            // right after a (re)start, the members' own exits (pidfds) are seen sooner.
+            let held_back = events.changed_within(NOTIFY_HOLD_BACK);
             cgroup::signal_each(&members, sig);
-            // Done when the cgroup says it is empty: no pidfd per member (four system calls and
-            // an epoll registration each, a tenth of a 1000-service shutdown's work on the runtime
-            // thread). The kernel holds back a cgroup's second notification until 10 ms after its
-            // first, so a program stopped just after it started is seen gone up to 10 ms late.
-            if o.cg.wait_emptied(&mut events, deadline).await {
+            // Otherwise done when the cgroup says it is empty: no pidfd per member (four system
+            // calls and an epoll registration each, a tenth of a 1000-service shutdown's work on
+            // the runtime thread).
+            let emptied = if held_back {
+                process::wait_all_exit(&members, deadline).await;
+                o.cg.wait_empty(Some(&mut events), deadline).await
+            } else {
+                o.cg.wait_emptied(&mut events, deadline).await
+            };
+            if emptied {
                 return fault;
             }
             ctx.log.note(&why);
