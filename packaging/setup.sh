@@ -25,8 +25,9 @@ missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 # packaging/system-test.sh downloads Debian's arm64 and armhf kernels and busybox (apt-get
 # download, nothing installed): apt must list those architectures.
+foreign=$(dpkg --print-foreign-architectures)
 for a in arm64 armhf; do
-    if ! dpkg --print-foreign-architectures | grep -qx "$a"; then
+    if ! grep -qx "$a" <<< "$foreign"; then
         dpkg --add-architecture "$a"
         missing+=("--update-lists")
     fi
@@ -35,7 +36,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     install=()
     for p in "${missing[@]}"; do [ "$p" = --update-lists ] || install+=("$p"); done
     echo "== apt-get update${install[*]:+; apt-get install ${install[*]}}"
-    apt-get update -qq
+    # A mirror caught mid-sync fails one index now and then: try again, then go on with what
+    # was fetched (an install or download that still lacks its list fails loudly below).
+    for try in 1 2 3; do
+        apt-get update -qq && break
+        echo "apt-get update failed (try $try of 3)" >&2
+        if [ "$try" -lt 3 ]; then sleep 10; fi
+    done
     if [ ${#install[@]} -gt 0 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${install[@]}" >/dev/null
     fi

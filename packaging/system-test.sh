@@ -33,7 +33,13 @@ fetch() {
     # The versioned kernel package the flavour's meta-package depends on.
     pkg=$(apt-cache depends "linux-image-$flavour:$darch" | sed -n 's/^ *Depends: \(linux-image-[0-9][^:]*\).*/\1/p' | head -1)
     [ -n "$pkg" ] || fail "no linux-image-$flavour:$darch in apt's lists (run packaging/setup.sh)"
-    (cd "$dir/deb" && apt-get download -qq "$pkg:$darch" "busybox-static:$darch" 2>/dev/null)
+    if ! (cd "$dir/deb" && apt-get download -qq "$pkg:$darch" "busybox-static:$darch" 2>/dev/null); then
+        # Lists older than the mirror name files it no longer has: refresh them once.
+        apt-get update -qq || true
+        pkg=$(apt-cache depends "linux-image-$flavour:$darch" | sed -n 's/^ *Depends: \(linux-image-[0-9][^:]*\).*/\1/p' | head -1)
+        (cd "$dir/deb" && apt-get download -qq "$pkg:$darch" "busybox-static:$darch") ||
+            fail "cannot download $pkg:$darch and busybox-static:$darch"
+    fi
     for d in "$dir"/deb/*.deb; do dpkg-deb -x "$d" "$dir/x"; done
     cp "$dir"/x/boot/vmlinuz-* "$dir/vmlinuz"
     cp "$dir/x/bin/busybox" "$dir/busybox"
