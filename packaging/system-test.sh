@@ -23,6 +23,11 @@ kernel_flavour() { case "$1" in aarch64) echo cloud-arm64 ;; armv7) echo armmp ;
 debian_arch() { case "$1" in aarch64) echo arm64 ;; armv7) echo armhf ;; esac; }
 rust_target() { case "$1" in aarch64) echo aarch64-unknown-linux-musl ;; armv7) echo armv7-unknown-linux-gnueabihf ;; esac; }
 
+# The versioned kernel package that FLAVOUR's meta-package for DEBIAN_ARCH depends on.
+kernel_package() {
+    apt-cache depends "linux-image-$1:$2" | sed -n 's/^ *Depends: \(linux-image-[0-9][^:]*\).*/\1/p' | head -1
+}
+
 # Debian's kernel and busybox for ARCH, unpacked under $work/ARCH/deb (once).
 fetch() {
     local arch=$1 darch flavour pkg dir="$work/$1"
@@ -30,13 +35,12 @@ fetch() {
     flavour=$(kernel_flavour "$arch")
     [ -f "$dir/vmlinuz" ] && [ -f "$dir/busybox" ] && return
     mkdir -p "$dir/deb" "$dir/x"
-    # The versioned kernel package the flavour's meta-package depends on.
-    pkg=$(apt-cache depends "linux-image-$flavour:$darch" | sed -n 's/^ *Depends: \(linux-image-[0-9][^:]*\).*/\1/p' | head -1)
+    pkg=$(kernel_package "$flavour" "$darch")
     [ -n "$pkg" ] || fail "no linux-image-$flavour:$darch in apt's lists (run packaging/setup.sh)"
     if ! (cd "$dir/deb" && apt-get download -qq "$pkg:$darch" "busybox-static:$darch" 2>/dev/null); then
         # Lists older than the mirror name files it no longer has: refresh them once.
         apt-get update -qq || true
-        pkg=$(apt-cache depends "linux-image-$flavour:$darch" | sed -n 's/^ *Depends: \(linux-image-[0-9][^:]*\).*/\1/p' | head -1)
+        pkg=$(kernel_package "$flavour" "$darch")
         (cd "$dir/deb" && apt-get download -qq "$pkg:$darch" "busybox-static:$darch") ||
             fail "cannot download $pkg:$darch and busybox-static:$darch"
     fi

@@ -117,8 +117,20 @@ impl ConfigStore {
         svc: ServiceInfo,
         policy: Option<Arc<Policy>>,
     ) -> Result<Option<ServiceInfo>, StoreError> {
+        let mut guard = self.inner.lock().await;
+        let mut next = guard.clone();
         let name = svc.name.clone();
-        let old = self.replace(svc).await?;
+        let old = match next.iter_mut().find(|s| s.name == svc.name) {
+            Some(slot) => Some(std::mem::replace(slot, svc)),
+            None => {
+                next.push(svc);
+                None
+            }
+        };
+        self.persist(&next).await?;
+        *guard = next;
+        // Under the same lock as the list: a reload in between cannot judge the entry by the
+        // other's state.
         let mut requested = self.requested.lock().expect("requested lock");
         match policy {
             Some(p) => requested.insert(name, p),
@@ -130,21 +142,6 @@ impl ConfigStore {
     /// The allow-list the entry `name` was written under by a request, while it stands as written.
     pub fn policy_of(&self, name: &str) -> Option<Arc<Policy>> {
         self.requested.lock().expect("requested lock").get(name).cloned()
-    }
-
-    async fn replace(&self, svc: ServiceInfo) -> Result<Option<ServiceInfo>, StoreError> {
-        let mut guard = self.inner.lock().await;
-        let mut next = guard.clone();
-        let old = match next.iter_mut().find(|s| s.name == svc.name) {
-            Some(slot) => Some(std::mem::replace(slot, svc)),
-            None => {
-                next.push(svc);
-                None
-            }
-        };
-        self.persist(&next).await?;
-        *guard = next;
-        Ok(old)
     }
 
     /// Removes a service's configuration. Returns it.

@@ -444,6 +444,13 @@ fn linked_program(f: &Fixture, name: &str) -> String {
     format!("/bin/{name}")
 }
 
+/// A direct-mode service NAME whose program is [`linked_program`] `link`.
+fn linked_service(f: &Fixture, name: &str, link: &str) -> Value {
+    let mut svc = f.direct_service(name, 0, &[]);
+    svc["script"]["programFilePath"] = json!(linked_program(f, link));
+    svc
+}
+
 /// Turns root/bin/NAME to `target` (outside every allowed directory).
 fn relink(f: &Fixture, name: &str, target: &Path) {
     std::fs::remove_file(f.program_path(name)).unwrap();
@@ -464,8 +471,7 @@ fn a_requested_entry_is_checked_again_when_it_starts_after_its_link_moved() {
     let marker = f.path("pwned");
     evil(&f.path("outside/evil"), &marker);
     let n = f.start();
-    let mut svc = f.direct_service("moved", 0, &[]);
-    svc["script"]["programFilePath"] = json!(linked_program(&f, "moved"));
+    let svc = linked_service(&f, "moved", "moved");
     let (status, v) = n.call("POST", "/task/set", Some(&svc.to_string()));
     assert_eq!(status, 200, "{v}");
     n.wait_running("moved");
@@ -485,17 +491,15 @@ fn an_entry_stored_by_serviceinfo_set_is_checked_again_when_a_reload_starts_it()
     evil(&f.path("outside/evil"), &marker);
     let n = f.start();
     // Stored (checked now), not started: a reload applies it later.
-    let mut svc = f.direct_service("stored", 0, &[]);
-    svc["script"]["programFilePath"] = json!(linked_program(&f, "stored"));
+    let svc = linked_service(&f, "stored", "stored");
     let (status, v) = n.call("POST", "/serviceInfo/set", Some(&svc.to_string()));
     assert_eq!(status, 200, "{v}");
     // The same for a service the operator has stopped: the reload gives it the entry without
     // starting it, and a start later must check it too.
-    let mut held = f.direct_service("held", 0, &[]);
-    n.ok("POST", "/task/set", Some(&held.to_string()));
+    n.ok("POST", "/task/set", Some(&f.direct_service("held", 0, &[]).to_string()));
     n.wait_running("held");
     n.ok("POST", "/task/stop?name=held", None);
-    held["script"]["programFilePath"] = json!(linked_program(&f, "held-link"));
+    let held = linked_service(&f, "held", "held-link");
     let (status, v) = n.call("POST", "/serviceInfo/set", Some(&held.to_string()));
     assert_eq!(status, 200, "{v}");
     relink(&f, "stored", &f.path("outside/evil"));
