@@ -117,6 +117,9 @@ pub async fn run(
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
+    if let Err(e) = process::reserve_descriptors(store.count().await) {
+        tracing::debug!("cannot grow the descriptor table ahead of the boot: {e}");
+    }
     if let Err(e) = process::become_subreaper() {
         tracing::warn!("cannot become a child subreaper ({e}); daemonised programs are watched by pidfd only");
     }

@@ -97,6 +97,11 @@ impl ConfigStore {
         &self.path
     }
 
+    /// How many services it holds.
+    pub async fn count(&self) -> usize {
+        self.inner.lock().await.len()
+    }
+
     pub async fn list(&self) -> Vec<ServiceInfo> {
         self.inner.lock().await.clone()
     }
