@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Bring-up, respawn and shutdown of several air-nanny builds, run by run in turn: on a VM whose
+speed drifts within the hour only runs that alternate compare. Each run boots N services with
+bench.py's setup, times the bring-up (air-nanny's exec to the last program's start record), lets
+it settle, kills a program 20 times (median respawn: the kill to the new program's start record),
+and times the shutdown right after (SIGTERM to air-nanny's exit with every program gone).
+
+    python3 bench/alternate.py --program target/x86_64-unknown-linux-musl/release/demo-service \\
+        --n 100 --mode direct --runs 5 NAME=BINARY ...
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402
+
+
+def one(binary, program, n, mode, settle, kills):
+    s = bench.Setup(binary, program, n, mode)
+    try:
+        nn = bench.Nanny(s)
+        up = nn.all_started()
+        nn.wait_ready()
+        time.sleep(settle)  # the benchmark's own settling time, not a wait for a condition
+        respawn = statistics.median(nn.respawns(kills))
+        time.sleep(1)  # the last respawned program's own start-up is not part of the shutdown
+        ms, code, left = nn.shutdown()
+    finally:
+        s.cleanup()
+    if code != 0 or left:
+        raise SystemExit(f"alternate: {binary} exited {code} with {left} programs left")
+    return up, respawn, ms
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--program", required=True)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--mode", choices=("direct", "script"), default="direct")
+    ap.add_argument("--settle", type=float, default=3.0)
+    ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("builds", nargs="+", help="NAME=BINARY")
+    a = ap.parse_args()
+    builds = [b.split("=", 1) for b in a.builds]
+    res = {name: [] for name, _ in builds}
+    for _ in range(a.runs):
+        for name, binary in builds:
+            res[name].append(one(binary, a.program, a.n, a.mode, a.settle, a.kills))
+    fmt = lambda xs, d: f"{statistics.median(xs):.{d}f} ({min(xs):.{d}f}–{max(xs):.{d}f})"  # noqa: E731
+    print("| mode | N | build | runs | bring-up ms | respawn median ms | shutdown ms |")
+    print("|---|---|---|---|---|---|---|")
+    for name, runs in res.items():
+        up, resp, shut = zip(*runs)
+        print(f"| {a.mode} | {a.n} | {name} | {len(runs)} | {fmt(up, 1)} | {fmt(resp, 2)} | {fmt(shut, 1)} |")
+
+
+if __name__ == "__main__":
+    main()
