@@ -7,8 +7,9 @@
 //! The same [`Policy::check`] runs twice: in the API before anything is stored, and in the service
 //! task on the paths it resolves for every start of a configuration that came from a request (a
 //! symlink changed in between cannot make it run something else). The store keeps the policy of
-//! each entry a request wrote (`ConfigStore::upsert_requested`), so an entry stored by
-//! `/serviceInfo/set` and started by a later reload is checked too.
+//! each entry a request wrote (`ConfigStore::upsert_requested`, on disk in `requested.json`), so
+//! an entry stored by `/serviceInfo/set` and started by a later reload, or by the boot after a
+//! restart, is checked too.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -47,6 +48,11 @@ impl Policy {
             (s, r)
         });
         Policy { dirs, check_hosts: settings.allowed_check_hosts.clone(), on_disk }
+    }
+
+    /// The service as services.json had it before the request, whose paths the request may keep.
+    pub fn before(&self) -> Option<&ServiceInfo> {
+        self.on_disk.as_ref().map(|(s, _)| s)
     }
 
     /// Refuses what `info` (with its `resolved` paths) may not run.

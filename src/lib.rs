@@ -87,7 +87,7 @@ pub fn prepare(config_path: &std::path::Path) -> Result<(Settings, ConfigStore, 
         tracing::warn!("{w}");
     }
     let tokens = api::Tokens::load(&settings).map_err(StartupError::Token)?;
-    let (store, report) = ConfigStore::load(&settings.services_file)?;
+    let (mut store, report) = ConfigStore::load(&settings.services_file)?;
     if let Some(reason) = report.fell_back {
         tracing::error!(
             file = %settings.services_file.display(),
@@ -96,6 +96,9 @@ pub fn prepare(config_path: &std::path::Path) -> Result<(Settings, ConfigStore, 
         );
     }
     for w in report.warnings.warnings() {
+        tracing::warn!("{w}");
+    }
+    for w in store.keep_requests(&settings) {
         tracing::warn!("{w}");
     }
     Ok((settings, store, tokens))

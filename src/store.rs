@@ -9,7 +9,12 @@ use tokio::sync::Mutex;
 
 use crate::allow::Policy;
 use crate::atomic;
-use crate::config::{self, Problems, ServiceInfo};
+use crate::config::{self, Problems, ServiceInfo, Settings};
+
+/// In STATE_DIR: which entries of services.json requests wrote, kept across restarts of
+/// air-nanny. A JSON array of `{"written": SERVICE, "before": SERVICE or null}`: the entry as the
+/// request wrote it, and the one services.json had before it (whose paths the request could keep).
+pub const REQUESTED_FILE: &str = "requested.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,10 +44,11 @@ pub struct ConfigStore {
     inner: Arc<Mutex<Vec<ServiceInfo>>>,
     path: Arc<PathBuf>,
     /// The entries written by a request, with the allow-list they passed: whatever starts such an
-    /// entry later (a reload, `/task/start`) checks it again on the paths it resolves then. Kept
-    /// while the entry stays as the request wrote it; in memory only: after a restart of
-    /// air-nanny the file is the operator's.
+    /// entry later (a reload, `/task/start`, the boot after a restart) checks it again on the paths
+    /// it resolves then. Kept while the entry stays as the request wrote it, and on disk in
+    /// [`REQUESTED_FILE`] once [`keep_requests`](Self::keep_requests) named the file.
     requested: Arc<std::sync::Mutex<HashMap<String, Arc<Policy>>>>,
+    requested_file: Option<Arc<PathBuf>>,
 }
 
 impl ConfigStore {
@@ -89,8 +95,63 @@ impl ConfigStore {
             inner: Arc::new(Mutex::new(services)),
             path: Arc::new(path.to_path_buf()),
             requested: Arc::default(),
+            requested_file: None,
         };
         Ok((store, report))
+    }
+
+    /// Takes back from `STATE_DIR/requested.json` which entries requests wrote, each with the
+    /// allow-list it passed (today's `ALLOWED_DIRS` and check hosts, with what services.json had
+    /// before the request), and keeps that file from now on. A record whose entry is no longer as
+    /// the request wrote it — the operator edited or removed it while air-nanny was stopped — is
+    /// dropped: the entry is the operator's. Returns what went wrong on the way (an unusable file
+    /// falls back to its backup; with both unusable, every entry is the operator's).
+    pub fn keep_requests(&mut self, settings: &Settings) -> Vec<String> {
+        let file = settings.state_dir.join(REQUESTED_FILE);
+        let mut warnings = Vec::new();
+        let (records, rewrite) = match read_requested(&file) {
+            Ok(records) => (records, false),
+            Err(reason) => match read_requested(&atomic::backup_path(&file)) {
+                Ok(records) => {
+                    warnings.push(format!("{} is unusable ({reason}); using its backup", file.display()));
+                    (records, true)
+                }
+                Err(backup_reason) => {
+                    warnings.push(format!(
+                        "{} is unusable ({reason}) and so is its backup ({backup_reason}): the entries requests \
+                         wrote before this start are taken as the operator's",
+                        file.display()
+                    ));
+                    (Vec::new(), true)
+                }
+            },
+        };
+        let services = match self.inner.try_lock() {
+            Ok(list) => list.clone(),
+            Err(_) => return warnings,
+        };
+        let total = records.len();
+        let mut map = HashMap::new();
+        for (written, before) in records {
+            if services.contains(&written) {
+                map.insert(written.name.clone(), Arc::new(Policy::new(settings, before)));
+            }
+        }
+        let dropped = total - map.len();
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "entries written by requests were edited or removed by the operator since: theirs now"
+            );
+        }
+        if rewrite || dropped > 0 {
+            if let Err(e) = atomic::write(&file, &requested_bytes(&map, &services), true) {
+                warnings.push(format!("cannot write {}: {e}", file.display()));
+            }
+        }
+        *self.requested.lock().expect("requested lock") = map;
+        self.requested_file = Some(Arc::new(file));
+        warnings
     }
 
     pub fn path(&self) -> &Path {
@@ -132,15 +193,31 @@ impl ConfigStore {
                 None
             }
         };
-        self.persist(&next).await?;
+        let current = self.requested.lock().expect("requested lock").clone();
+        let mut requested = current.clone();
+        let was_requested = match &policy {
+            Some(p) => requested.insert(name, p.clone()).is_some(),
+            None => requested.remove(&name).is_some(),
+        };
+        // The record of a request before the entry: a crash in between leaves a record that does
+        // not match the file (dropped at the next start), never an entry without its record.
+        if policy.is_some() {
+            self.save_requested(&requested, &next).await?;
+        }
+        if let Err(e) = self.persist(&next).await {
+            if policy.is_some() {
+                // The entry it replaced keeps its own record.
+                self.forget_request(&current, &guard).await;
+            }
+            return Err(e);
+        }
         *guard = next;
         // Under the same lock as the list: a reload in between cannot judge the entry by the
         // other's state.
-        let mut requested = self.requested.lock().expect("requested lock");
-        match policy {
-            Some(p) => requested.insert(name, p),
-            None => requested.remove(&name),
-        };
+        *self.requested.lock().expect("requested lock") = requested.clone();
+        if policy.is_none() && was_requested {
+            self.forget_request(&requested, &guard).await;
+        }
         Ok(old)
     }
 
@@ -157,7 +234,13 @@ impl ConfigStore {
         let old = next.remove(idx);
         self.persist(&next).await?;
         *guard = next;
-        self.requested.lock().expect("requested lock").remove(name);
+        let requested = {
+            let mut map = self.requested.lock().expect("requested lock");
+            map.remove(name).map(|_| map.clone())
+        };
+        if let Some(requested) = requested {
+            self.forget_request(&requested, &guard).await;
+        }
         Ok(old)
     }
 
@@ -174,12 +257,42 @@ impl ConfigStore {
             return Err(StoreError::Invalid { file: self.path.to_path_buf(), problems });
         }
         // A requested entry the operator has since edited (or removed) is the operator's now.
-        self.requested
-            .lock()
-            .expect("requested lock")
-            .retain(|name, _| guard.iter().find(|s| &s.name == name) == svcs.iter().find(|s| &s.name == name));
+        let requested = {
+            let mut map = self.requested.lock().expect("requested lock");
+            let before = map.len();
+            map.retain(|name, _| guard.iter().find(|s| &s.name == name) == svcs.iter().find(|s| &s.name == name));
+            (map.len() != before).then(|| map.clone())
+        };
         *guard = svcs.clone();
+        if let Some(requested) = requested {
+            self.forget_request(&requested, &guard).await;
+        }
         Ok((svcs, problems))
+    }
+
+    /// Writes which of `services` requests wrote (nothing to do before
+    /// [`keep_requests`](Self::keep_requests)).
+    async fn save_requested(
+        &self,
+        requested: &HashMap<String, Arc<Policy>>,
+        services: &[ServiceInfo],
+    ) -> Result<(), StoreError> {
+        let Some(file) = self.requested_file.clone() else { return Ok(()) };
+        let bytes = requested_bytes(requested, services);
+        let path = file.clone();
+        tokio::task::spawn_blocking(move || atomic::write(&path, &bytes, true))
+            .await
+            .expect("write task never panics")
+            .map_err(|source| StoreError::Write { file: file.to_path_buf(), source })
+    }
+
+    /// Writes the records after one was dropped. A failure leaves a record that no longer matches
+    /// its entry (dropped at the next start) or, when the operator wrote the very same entry, one
+    /// that keeps checking it: never an entry that escapes its check.
+    async fn forget_request(&self, requested: &HashMap<String, Arc<Policy>>, services: &[ServiceInfo]) {
+        if let Err(e) = self.save_requested(requested, services).await {
+            tracing::warn!("{e}");
+        }
     }
 
     async fn persist(&self, services: &[ServiceInfo]) -> Result<(), StoreError> {
@@ -190,6 +303,54 @@ impl ConfigStore {
             .expect("write task never panics")
             .map_err(|source| StoreError::Write { file: self.path.to_path_buf(), source })
     }
+}
+
+/// The records of [`REQUESTED_FILE`] for the entries of `services` that requests wrote.
+fn requested_bytes(requested: &HashMap<String, Arc<Policy>>, services: &[ServiceInfo]) -> Vec<u8> {
+    let records: Vec<serde_json::Value> = services
+        .iter()
+        .filter_map(|s| {
+            let policy = requested.get(&s.name)?;
+            Some(serde_json::json!({ "written": s, "before": policy.before() }))
+        })
+        .collect();
+    let mut out = serde_json::to_vec_pretty(&records).expect("service objects always serialise");
+    out.push(b'\n');
+    out
+}
+
+/// The records of a [`REQUESTED_FILE`] (none when it does not exist); `Err(reason)` when it
+/// cannot be used.
+fn read_requested(path: &Path) -> Result<Vec<(ServiceInfo, Option<ServiceInfo>)>, String> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("cannot read: {e}")),
+    };
+    let value: serde_json::Value = serde_json::from_slice(&text).map_err(|e| format!("malformed JSON: {e}"))?;
+    let items = value.as_array().ok_or("expected a JSON array of records")?;
+    let mut problems = Problems::default();
+    let file = path.display().to_string();
+    let mut records = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let ctx = format!("{file}: record #{}", i + 1);
+        let service = |key: &str, problems: &mut Problems| match item.get(key) {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => ServiceInfo::from_value(v, problems, &format!("{ctx}: {key}")),
+        };
+        let Some(written) = service("written", &mut problems) else {
+            if !problems.has_errors() {
+                problems.error(&ctx, "written", "missing".to_string());
+            }
+            continue;
+        };
+        let before = service("before", &mut problems);
+        records.push((written, before));
+    }
+    if problems.has_errors() {
+        return Err(problems.errors().map(ToString::to_string).collect::<Vec<_>>().join("; "));
+    }
+    Ok(records)
 }
 
 /// `Ok(None)` when the file does not exist; `Err(reason)` when it cannot be used.
@@ -230,10 +391,19 @@ mod tests {
             crate::config::Settings::load(&dir.path().join("config.yaml"), &mut Problems::default()).unwrap();
         let policy = || Some(Arc::new(Policy::new(&settings, None)));
         let p = dir.path().join("services.json");
-        let (store, _) = ConfigStore::load(&p).unwrap();
+        let (mut store, _) = ConfigStore::load(&p).unwrap();
+        assert!(store.keep_requests(&settings).is_empty());
         for name in ["kept", "edited", "replaced", "deleted"] {
             store.upsert_requested(svc(name), policy()).await.unwrap();
         }
+        // A request that replaced the operator's own entry: what the file had is kept with it.
+        store.upsert(svc("grandfathered")).await.unwrap();
+        let mut changed = svc("grandfathered");
+        changed.priority = 3;
+        store
+            .upsert_requested(changed, Some(Arc::new(Policy::new(&settings, Some(svc("grandfathered"))))))
+            .await
+            .unwrap();
         store.upsert(svc("replaced")).await.unwrap();
         store.delete("deleted").await.unwrap();
         // The operator edits one entry in the file and reloads.
@@ -241,10 +411,50 @@ mod tests {
         on_disk.iter_mut().find(|v| v["name"] == "edited").unwrap()["priority"] = 5.into();
         fs::write(&p, serde_json::to_vec(&on_disk).unwrap()).unwrap();
         store.reload().await.unwrap();
-        assert!(store.policy_of("kept").is_some());
-        for name in ["edited", "replaced", "deleted", "never"] {
-            assert!(store.policy_of(name).is_none(), "{name}");
-        }
+        let requested = |store: &ConfigStore| {
+            ["kept", "grandfathered", "edited", "replaced", "deleted", "never"]
+                .into_iter()
+                .filter(|n| store.policy_of(n).is_some())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(requested(&store), ["kept", "grandfathered"]);
+
+        // air-nanny restarts: the same entries are the requests', with what the file had before.
+        let restart = || {
+            let (mut store, _) = ConfigStore::load(&p).unwrap();
+            let warnings = store.keep_requests(&settings);
+            (store, warnings)
+        };
+        let (store, warnings) = restart();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(requested(&store), ["kept", "grandfathered"]);
+        assert_eq!(store.policy_of("grandfathered").unwrap().before(), Some(&svc("grandfathered")));
+        assert_eq!(store.policy_of("kept").unwrap().before(), None);
+
+        // The operator edits "kept" while air-nanny is stopped: it is theirs at the next start,
+        // and its record is gone from the file.
+        let file = dir.path().join(REQUESTED_FILE);
+        let mut on_disk: Vec<serde_json::Value> = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+        on_disk.iter_mut().find(|v| v["name"] == "kept").unwrap()["priority"] = 9.into();
+        fs::write(&p, serde_json::to_vec(&on_disk).unwrap()).unwrap();
+        let (store, _) = restart();
+        assert_eq!(requested(&store), ["grandfathered"]);
+        let records: Vec<serde_json::Value> = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0]["written"]["name"], "grandfathered");
+
+        // A corrupt file falls back to its backup; with both unusable, every entry is the
+        // operator's, and the start says so.
+        fs::copy(&file, atomic::backup_path(&file)).unwrap();
+        fs::write(&file, b"[{\"written\": {\"name\": 1}}]").unwrap();
+        let (store, warnings) = restart();
+        assert_eq!(requested(&store), ["grandfathered"]);
+        assert!(warnings[0].contains("using its backup") && warnings[0].contains("name"), "{warnings:?}");
+        fs::write(&file, b"{").unwrap();
+        fs::write(atomic::backup_path(&file), b"[1]").unwrap();
+        let (store, warnings) = restart();
+        assert!(requested(&store).is_empty());
+        assert!(warnings[0].contains("taken as the operator's"), "{warnings:?}");
     }
 
     #[tokio::test]
@@ -303,8 +513,7 @@ mod tests {
             let p = dir.path().join("services.json");
             let (store, _) = ConfigStore::load(&p).unwrap();
             store.upsert(svc("a")).await.unwrap();
-            let blocked =
-                ConfigStore { inner: store.inner.clone(), path: Arc::new(p.join("x")), requested: Arc::default() };
+            let blocked = ConfigStore { path: Arc::new(p.join("x")), ..store.clone() };
             assert!(matches!(blocked.upsert(svc("b")).await, Err(StoreError::Write { .. })));
             assert!(blocked.delete("a").await.is_err());
             assert_eq!(store.list().await, vec![svc("a")]);

@@ -394,8 +394,11 @@ impl Actor {
 
     fn add_task(&mut self, info: ServiceInfo) -> ServiceHandle {
         let name = info.name.clone();
+        // An entry a request wrote is checked at its first start too (the boot after a restart).
+        let policy = self.store.policy_of(&name);
         let handle = service::spawn(
             info,
+            policy,
             self.settings.clone(),
             self.reaper.clone(),
             self.cgroups.as_ref(),

@@ -190,9 +190,12 @@ impl Owned {
 
 /// Starts the task for `info`, initially stopped. It ends when every handle is dropped and its
 /// program is stopped. With `cgroups`, the service gets its own cgroup (else, or when that cannot
-/// be made, its processes are found by path and pid: the fallback mode).
+/// be made, its processes are found by path and pid: the fallback mode). `policy`: the allow-list
+/// a request's entry passed, checked again at every start.
+#[allow(clippy::too_many_arguments)] // the supervisor's shared handles, each needed by the task
 pub fn spawn(
     info: ServiceInfo,
+    policy: Option<Arc<Policy>>,
     settings: Arc<Settings>,
     reaper: Reaper,
     cgroups: Option<&cgroup::Cgroups>,
@@ -222,7 +225,7 @@ pub fn spawn(
         reaper,
         log: log.clone(),
         machine: Machine::new(seed),
-        policy: None,
+        policy,
         paths: None,
         run_cfg: None,
         owned,

@@ -465,6 +465,34 @@ fn wait_refused(n: &crate::common::Nanny<'_>, name: &str) -> Value {
     })
 }
 
+/// Which entries requests wrote outlives air-nanny (`STATE_DIR/requested.json`): the boot after a
+/// restart checks them again, while an entry the operator edits in services.json in between is
+/// the operator's and runs as written. (Before, every entry was the operator's after a restart.)
+#[test]
+fn a_requested_entry_is_checked_again_at_the_boot_after_a_restart() {
+    let f = Fixture::new();
+    let marker = f.path("pwned");
+    evil(&f.path("outside/evil"), &marker);
+    let operators = f.path("operator-ran");
+    evil(&f.path("outside/operators"), &operators);
+    let mut n = f.start();
+    for (name, link) in [("kept", "kept-link"), ("edited", "edited-link")] {
+        let (status, v) = n.call("POST", "/serviceInfo/set", Some(&linked_service(&f, name, link).to_string()));
+        assert_eq!(status, 200, "{v}");
+    }
+    assert!(n.terminate().success());
+    relink(&f, "kept-link", &f.path("outside/evil"));
+    relink(&f, "edited-link", &f.path("outside/operators"));
+    let mut services: Value = serde_json::from_slice(&f.services_bytes()).unwrap();
+    let edited = services.as_array_mut().unwrap().iter_mut().find(|s| s["name"] == "edited").unwrap();
+    edited["script"]["args"] = json!(["--edited-by-hand"]);
+    f.write_services(&services);
+    let n = f.start();
+    wait_refused(&n, "kept");
+    wait_until("the operator's entry to run", Duration::from_secs(20), || operators.exists().then_some(()));
+    assert!(!marker.exists(), "the program the requested entry's link was turned to ran");
+}
+
 #[test]
 fn a_requested_entry_is_checked_again_when_it_starts_after_its_link_moved() {
     let f = Fixture::new();
