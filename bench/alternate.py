@@ -3,7 +3,8 @@
 speed drifts within the hour only runs that alternate compare. Each run boots N services with
 bench.py's setup, times the bring-up (air-nanny's exec to the last program's start record), lets
 it settle, kills a program 20 times (median respawn: the kill to the new program's start record),
-and times the shutdown right after (SIGTERM to air-nanny's exit with every program gone).
+and times the shutdown after a pause (SIGTERM to air-nanny's exit with every program gone;
+`--pause 0` is bench.py's shutdown, right after the last respawn).
 
     python3 bench/alternate.py --program target/x86_64-unknown-linux-musl/release/demo-service \\
         --n 100 --mode direct --runs 5 NAME=BINARY ...
@@ -19,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
 
-def one(binary, program, n, mode, settle, kills):
+def one(binary, program, n, mode, settle, kills, pause):
     s = bench.Setup(binary, program, n, mode)
     try:
         nn = bench.Nanny(s)
@@ -27,7 +28,7 @@ def one(binary, program, n, mode, settle, kills):
         nn.wait_ready()
         time.sleep(settle)  # the benchmark's own settling time, not a wait for a condition
         respawn = statistics.median(nn.respawns(kills))
-        time.sleep(1)  # the last respawned program's own start-up is not part of the shutdown
+        time.sleep(pause)  # 0: the shutdown right after the last respawn, as bench.py's
         ms, code, left = nn.shutdown()
     finally:
         s.cleanup()
@@ -44,13 +45,14 @@ def main():
     ap.add_argument("--mode", choices=("direct", "script"), default="direct")
     ap.add_argument("--settle", type=float, default=3.0)
     ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--pause", type=float, default=1.0, help="seconds between the last respawn and SIGTERM")
     ap.add_argument("builds", nargs="+", help="NAME=BINARY")
     a = ap.parse_args()
     builds = [b.split("=", 1) for b in a.builds]
     res = {name: [] for name, _ in builds}
     for _ in range(a.runs):
         for name, binary in builds:
-            res[name].append(one(binary, a.program, a.n, a.mode, a.settle, a.kills))
+            res[name].append(one(binary, a.program, a.n, a.mode, a.settle, a.kills, a.pause))
     fmt = lambda xs, d: f"{statistics.median(xs):.{d}f} ({min(xs):.{d}f}–{max(xs):.{d}f})"  # noqa: E731
     print("| mode | N | build | runs | bring-up ms | respawn median ms | shutdown ms |")
     print("|---|---|---|---|---|---|---|")
