@@ -442,7 +442,9 @@ impl ServiceTask {
             }
             Control::Apply(info, policy) => {
                 let changed = self.configure(*info);
-                if changed || self.machine.state() != State::Running {
+                // A request's allow-list applies from the next start on, also when it re-posted the
+                // running configuration unchanged (the store keeps the entry as that request's).
+                if changed || policy.is_some() || self.machine.state() != State::Running {
                     self.policy = policy;
                 }
                 self.start_waiters.push(reply);

@@ -493,6 +493,27 @@ fn a_requested_entry_is_checked_again_at_the_boot_after_a_restart() {
     assert!(!marker.exists(), "the program the requested entry's link was turned to ran");
 }
 
+/// A request that re-posts a running service's configuration unchanged (as seed clients do) makes
+/// the entry that request's, and the next start of it — a respawn — is checked. (The running task
+/// kept the operator's trust until a restart of air-nanny, while the store said otherwise.)
+#[test]
+fn a_running_entry_reposted_unchanged_is_checked_at_its_next_start() {
+    let f = Fixture::new();
+    let marker = f.path("pwned");
+    evil(&f.path("outside/evil"), &marker);
+    let svc = linked_service(&f, "reposted", "reposted-link");
+    f.write_services(&json!([svc]));
+    let n = f.start();
+    n.wait_running("reposted");
+    let (status, v) = n.call("POST", "/task/set", Some(&svc.to_string()));
+    assert_eq!(status, 200, "{v}");
+    relink(&f, "reposted-link", &f.path("outside/evil"));
+    let pid = n.task("reposted")["Pids"][0].as_i64().unwrap();
+    crate::common::kill9(pid);
+    wait_refused(&n, "reposted");
+    assert!(!marker.exists(), "the program the link was turned to ran");
+}
+
 #[test]
 fn a_requested_entry_is_checked_again_when_it_starts_after_its_link_moved() {
     let f = Fixture::new();
