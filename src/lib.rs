@@ -138,7 +138,8 @@ pub async fn run(
         .map_err(|source| StartupError::Setup { what: "the API listener", source })?;
     let security = api::Security::new(settings.clone(), tokens, tls);
     // Temp files of writes interrupted by a crash or a power cut: never read, only in the way.
-    for file in [settings.services_file.clone(), settings.state_file()] {
+    for file in [settings.services_file.clone(), settings.state_file(), settings.state_dir.join(store::REQUESTED_FILE)]
+    {
         let removed = atomic::remove_leftovers(&file);
         if removed > 0 {
             tracing::info!(file = %file.display(), removed, "removed temp files of interrupted writes");

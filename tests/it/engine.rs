@@ -231,7 +231,8 @@ fn the_next_boot_group_waits_while_a_service_backs_off_after_a_failure() {
 fn temp_files_of_interrupted_writes_are_removed_at_start() {
     let f = Fixture::new();
     f.write_services(&json!([f.direct_service("kept", 0, &[])]));
-    for name in [".services.json.tmp.4242", ".services.json.bak.tmp.17", ".state.json.tmp.99"] {
+    for name in [".services.json.tmp.4242", ".services.json.bak.tmp.17", ".state.json.tmp.99", ".requested.json.tmp.5"]
+    {
         f.write(&format!("conf/{name}"), "half a write");
     }
     let mut n = f.start();
