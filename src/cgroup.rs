@@ -178,10 +178,12 @@ impl ServiceCgroup {
         &self.dir
     }
 
-    pub fn create(&self) -> io::Result<()> {
+    /// Makes it if it does not exist; true when it was made now (so it is empty).
+    pub fn create(&self) -> io::Result<bool> {
         match fs::create_dir(&self.dir) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
-            _ => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
         }
     }
 

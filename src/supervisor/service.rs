@@ -176,11 +176,13 @@ struct Owned {
 }
 
 impl Owned {
-    fn new(cgroups: &cgroup::Cgroups, name: &str) -> std::io::Result<Owned> {
+    /// The service's cgroup, made now or found (left by a previous air-nanny), and whether it was
+    /// made now: then nothing is in it yet.
+    fn new(cgroups: &cgroup::Cgroups, name: &str) -> std::io::Result<(Owned, bool)> {
         let cg = cgroups.hierarchy.service(name);
-        cg.create()?;
+        let made = cg.create()?;
         let events = cgroups.monitor.watch(&cg)?;
-        Ok(Owned { cg, events })
+        Ok((Owned { cg, events }, made))
     }
 
     fn members(&self) -> Vec<i32> {
@@ -203,8 +205,13 @@ pub fn spawn(
     journal: Journal,
     changes: super::state::Changes,
 ) -> ServiceHandle {
+    // A cgroup made now holds nothing: only one found can hold what a previous air-nanny left.
+    let mut found = false;
     let owned = cgroups.and_then(|c| match Owned::new(c, &info.name) {
-        Ok(o) => Some(o),
+        Ok((o, made)) => {
+            found = !made;
+            Some(o)
+        }
         Err(e) => {
             tracing::error!(service = %info.name, "cannot make the service's cgroup ({e}); its processes are found by path instead");
             None
@@ -229,6 +236,7 @@ pub fn spawn(
         paths: None,
         run_cfg: None,
         owned,
+        owned_unused: !found,
         ledger,
         child: None,
         launched: Arc::default(),
@@ -247,7 +255,7 @@ pub fn spawn(
         errors_seen: 0,
         shut_down: false,
     };
-    let populated_at_start = task.owned.as_ref().is_some_and(|o| !o.members().is_empty());
+    let populated_at_start = found && task.owned.as_ref().is_some_and(|o| !o.members().is_empty());
     // Boxed: an async fn keeps a copy of its by-value arguments beside its own state (rustc does
     // not overlap them), which made each service's task future twice the size of its state.
     tokio::spawn(Box::new(task).run());
@@ -334,6 +342,9 @@ struct ServiceTask {
     run_cfg: Option<RunCfg>,
     /// The service's cgroup, when it has one.
     owned: Option<Owned>,
+    /// Its cgroup was made by this task and nothing has been started in it yet: the first start
+    /// has nothing to adopt and need not read the members (a boot of 1000 read 1000 empty ones).
+    owned_unused: bool,
     /// Without a cgroup: the record of every service's processes.
     ledger: Option<Arc<Ledger>>,
     /// A direct-mode child's exit, from its start until it is watched.
@@ -658,8 +669,10 @@ impl ServiceTask {
         let program = paths.program.as_path();
         // Adopt a program that already runs (started before air-nanny, by a previous air-nanny, or
         // by a start that failed after launching it).
+        let unused = std::mem::take(&mut self.owned_unused);
         let found = match (&self.owned, &lookup) {
             (_, Lookup::Absent) => Vec::new(),
+            (Some(_), _) if unused => Vec::new(),
             // Whatever is in the service's cgroup is the service's, and nothing else is.
             (Some(o), _) => o.members(),
             (None, Lookup::Scan) => self.ctx().find(program),
