@@ -19,6 +19,10 @@ struct Rotating {
     /// The file's size when air-nanny last looked (`fstat`) plus what it has written since: what
     /// programs wrote is not in it, so it is at most the real size.
     at_least: u64,
+    /// A rotation was handed to a blocking-pool thread and has not run yet.
+    rotation_due: bool,
+    /// A blocking-pool thread is copying the file (without the lock).
+    rotating: bool,
 }
 
 impl Rotating {
@@ -29,26 +33,35 @@ impl Rotating {
         Ok(self.file.as_ref().expect("opened above"))
     }
 
-    /// Appends air-nanny's own lines, rotating first when they would fill the file. The size is
-    /// asked of the kernel only when what air-nanny knows of it says the limit is near (a stop
-    /// of 1000 services made 2000 `fstat`s otherwise); what programs write is rotated by the
-    /// sweep and before a child gets the file.
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+    /// Appends air-nanny's own lines; true when the file is full and should be rotated (outside a
+    /// runtime it is rotated first, here). The size is asked of the kernel only when what
+    /// air-nanny knows of it says the limit is near (a stop of 1000 services made 2000 `fstat`s
+    /// otherwise); what programs write is found by the sweep and when a child gets the file.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<bool> {
         let adding = bytes.len() as u64;
-        if self.file.is_none() || self.at_least + adding > self.max_bytes {
-            self.rotate_if_full(adding)?;
+        let mut full =
+            if self.file.is_none() || self.at_least + adding > self.max_bytes { self.full(adding)? } else { false };
+        if full && tokio::runtime::Handle::try_current().is_err() {
+            self.rotate()?;
+            self.at_least = 0;
+            full = false;
         }
         let mut f = self.open()?;
         f.write_all(bytes)?;
         self.at_least += adding;
-        Ok(())
+        Ok(full)
+    }
+
+    /// Whether the current file plus `adding` bytes would exceed the limit (one `fstat`).
+    fn full(&mut self, adding: u64) -> io::Result<bool> {
+        let size = self.open()?.metadata()?.len();
+        self.at_least = size;
+        Ok(size > 0 && size + adding > self.max_bytes)
     }
 
     /// Rotates when the current file plus `adding` bytes would exceed the limit.
     fn rotate_if_full(&mut self, adding: u64) -> io::Result<()> {
-        let size = self.open()?.metadata()?.len();
-        self.at_least = size;
-        if size > 0 && size + adding > self.max_bytes {
+        if self.full(adding)? {
             self.rotate()?;
             self.at_least = 0;
         }
@@ -59,20 +72,27 @@ impl Rotating {
     /// writes between the copy and the truncation is lost (the copy of 1 MiB takes about a
     /// millisecond); a line being written at that moment may be split between the two files.
     fn rotate(&mut self) -> io::Result<()> {
-        for i in (1..self.max_files).rev() {
-            let from = numbered(&self.path, i);
-            if from.exists() {
-                std::fs::rename(&from, numbered(&self.path, i + 1))?;
-            }
-        }
-        if self.max_files >= 1 {
-            let to = numbered(&self.path, 1);
-            let tmp = numbered(&self.path, 0);
-            std::fs::copy(&self.path, &tmp)?;
-            std::fs::rename(&tmp, &to)?;
-        }
+        shift_and_copy(&self.path, self.max_files)?;
         self.open()?.set_len(0)
     }
+}
+
+/// Shifts `.1`… up by one and copies the current file to `.1` (through `.0`, renamed: a reader
+/// never sees half a copy).
+fn shift_and_copy(path: &Path, max_files: u32) -> io::Result<()> {
+    for i in (1..max_files).rev() {
+        let from = numbered(path, i);
+        if from.exists() {
+            std::fs::rename(&from, numbered(path, i + 1))?;
+        }
+    }
+    if max_files >= 1 {
+        let to = numbered(path, 1);
+        let tmp = numbered(path, 0);
+        std::fs::copy(path, &tmp)?;
+        std::fs::rename(&tmp, &to)?;
+    }
+    Ok(())
 }
 
 fn numbered(path: &Path, i: u32) -> PathBuf {
@@ -92,7 +112,15 @@ impl ServiceLog {
     pub fn open(dir: &Path, service: &str, max_bytes: u64, max_files: u32) -> ServiceLog {
         let path = dir.join(format!("{service}.log"));
         let log = ServiceLog {
-            inner: Arc::new(Mutex::new(Rotating { path, file: None, max_bytes, max_files, at_least: 0 })),
+            inner: Arc::new(Mutex::new(Rotating {
+                path,
+                file: None,
+                max_bytes,
+                max_files,
+                at_least: 0,
+                rotation_due: false,
+                rotating: false,
+            })),
         };
         OPEN_LOGS.lock().expect("log registry").push(Arc::downgrade(&log.inner));
         log
@@ -105,8 +133,29 @@ impl ServiceLog {
     /// Appends raw output. Errors (a full disk) are reported once per call in air-nanny's own log.
     pub fn append(&self, bytes: &[u8]) {
         let mut log = self.inner.lock().expect("log lock");
-        if let Err(e) = log.write(bytes) {
-            tracing::warn!(file = %log.path.display(), "cannot write service log: {e}");
+        match log.write(bytes) {
+            Ok(true) => self.rotate_soon(log),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(file = %log.path.display(), "cannot write service log: {e}"),
+        }
+    }
+
+    /// Rotates the full file: on a blocking-pool thread when there is a runtime (a copy of up to
+    /// LOG_MAX_SIZE must not hold up the runtime thread, which writes notes and hands files to
+    /// children), else here.
+    fn rotate_soon(&self, mut log: std::sync::MutexGuard<'_, Rotating>) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                if !std::mem::replace(&mut log.rotation_due, true) {
+                    let this = self.clone();
+                    drop(rt.spawn_blocking(move || this.sweep()));
+                }
+            }
+            Err(_) => {
+                if let Err(e) = log.rotate_if_full(0) {
+                    tracing::warn!(file = %log.path.display(), "cannot rotate service log: {e}");
+                }
+            }
         }
     }
 
@@ -120,17 +169,45 @@ impl ServiceLog {
     /// program's lines and air-nanny's notes interleave whole). The program writes to the file
     /// itself: nothing of air-nanny stands between them, so its output keeps reaching the log
     /// when air-nanny is killed or restarted (no pipe whose reader dies, no SIGPIPE).
+    /// A full file is rotated beside the spawn ([`rotate_soon`](Self::rotate_soon)): copy and
+    /// truncate leave the child's descriptor pointing at the current file.
     pub fn output(&self) -> io::Result<OwnedFd> {
         let mut log = self.inner.lock().expect("log lock");
-        log.rotate_if_full(0)?;
-        Ok(OwnedFd::from(log.open()?.try_clone()?))
+        let fd = OwnedFd::from(log.open()?.try_clone()?);
+        if log.full(0)? {
+            self.rotate_soon(log);
+        }
+        Ok(fd)
     }
 
-    /// Rotates this log if programs have filled it.
+    /// Rotates this log if it is full. Blocking: a blocking-pool thread's work. The copy is made
+    /// without the log's lock, so the runtime thread's notes and spawns never wait for it (what
+    /// is written between the copy and the truncation is lost, as with any copy and truncate).
     fn sweep(&self) {
+        let (path, max_files) = {
+            let mut log = self.inner.lock().expect("log lock");
+            log.rotation_due = false;
+            if log.rotating {
+                return;
+            }
+            match log.full(0) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(file = %log.path.display(), "cannot rotate service log: {e}");
+                    return;
+                }
+            }
+            log.rotating = true;
+            (log.path.clone(), log.max_files)
+        };
+        let copied = shift_and_copy(&path, max_files);
         let mut log = self.inner.lock().expect("log lock");
-        if let Err(e) = log.rotate_if_full(0) {
-            tracing::warn!(file = %log.path.display(), "cannot rotate service log: {e}");
+        log.rotating = false;
+        let truncated = copied.and_then(|()| log.open()?.set_len(0));
+        match truncated {
+            Ok(()) => log.at_least = 0,
+            Err(e) => tracing::warn!(file = %log.path.display(), "cannot rotate service log: {e}"),
         }
     }
 
@@ -244,6 +321,39 @@ mod tests {
         let tail = log.tail(2).unwrap();
         assert!(tail.ends_with("line 049"), "{tail}");
         assert_eq!(tail.lines().count(), 2);
+    }
+
+    /// Inside the runtime a full log is rotated on a blocking-pool thread (a copy of up to
+    /// LOG_MAX_SIZE is no work for the runtime thread): found full when a child gets the file, or
+    /// when a note fills it. The child's descriptor stays the current file's.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_log_is_rotated_beside_the_runtime_thread() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc.log");
+        let log = ServiceLog::open(dir.path(), "svc", 4096, 2);
+        let rotated_to = |n: u32| std::fs::metadata(numbered(&path, n)).map(|m| m.len()).unwrap_or(0);
+        let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !done() {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        };
+        // A program filled it while nobody looked.
+        std::fs::write(&path, vec![b'x'; 5000]).unwrap();
+        let mut child = File::from(log.output().unwrap());
+        wait_for("the rotation after output()", &|| rotated_to(1) == 5000);
+        child.write_all(b"from the child\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "from the child\n");
+        // air-nanny's own notes fill it (87 bytes each: the 47th crosses 4096, once).
+        for i in 0..50 {
+            log.note(&format!("note {i:03} {}", "n".repeat(40)));
+        }
+        let current = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(u64::MAX);
+        wait_for("the rotation after the notes", &|| rotated_to(2) == 5000 && rotated_to(1) > 4000 && current() < 1000);
+        let first = std::fs::read_to_string(numbered(&path, 1)).unwrap();
+        assert!(first.starts_with("from the child\n") && first.contains("[air-nanny] note 000"), "{first}");
     }
 
     #[test]
