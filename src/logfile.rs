@@ -180,6 +180,16 @@ impl ServiceLog {
         Ok(fd)
     }
 
+    /// Has this log rotated if it is full (one `fstat` here).
+    fn check(&self) {
+        let mut log = self.inner.lock().expect("log lock");
+        match log.full(0) {
+            Ok(true) => self.rotate_soon(log),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(file = %log.path.display(), "cannot check the size of a service log: {e}"),
+        }
+    }
+
     /// Rotates this log if it is full. Blocking: a blocking-pool thread's work. The copy is made
     /// without the log's lock, so the runtime thread's notes and spawns never wait for it (what
     /// is written between the copy and the truncation is lost, as with any copy and truncate).
@@ -287,8 +297,9 @@ static OPEN_LOGS: Mutex<Vec<std::sync::Weak<Mutex<Rotating>>>> = Mutex::new(Vec:
 /// seeing it). A file can exceed the limit by what a program writes in this time.
 pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Rotates every service log that programs have filled; forgets the logs of removed services.
-/// One `fstat` per log: at N = 1000, about a millisecond every [`SWEEP_EVERY`].
+/// Finds every service log that programs have filled and has it rotated
+/// ([`ServiceLog::rotate_soon`]); forgets the logs of removed services. One `fstat` per log: at
+/// N = 1000, about a millisecond every [`SWEEP_EVERY`].
 pub fn sweep_all() {
     let logs: Vec<ServiceLog> = {
         let mut open = OPEN_LOGS.lock().expect("log registry");
@@ -296,7 +307,7 @@ pub fn sweep_all() {
         open.iter().filter_map(|w| w.upgrade()).map(|inner| ServiceLog { inner }).collect()
     };
     for log in logs {
-        log.sweep();
+        log.check();
     }
 }
 
