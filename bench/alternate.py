@@ -10,7 +10,6 @@ and times the shutdown after a pause (SIGTERM to air-nanny's exit with every pro
         --n 100 --mode direct --runs 5 NAME=BINARY ...
 """
 
-import argparse
 import os
 import statistics
 import sys
@@ -38,21 +37,11 @@ def one(binary, program, n, mode, settle, kills, pause):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--program", required=True)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--mode", choices=("direct", "script"), default="direct")
-    ap.add_argument("--settle", type=float, default=3.0)
+    ap = bench.alternating_args(5, 100, 3.0)
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--pause", type=float, default=1.0, help="seconds between the last respawn and SIGTERM")
-    ap.add_argument("builds", nargs="+", help="NAME=BINARY")
     a = ap.parse_args()
-    builds = [b.split("=", 1) for b in a.builds]
-    res = {name: [] for name, _ in builds}
-    for _ in range(a.runs):
-        for name, binary in builds:
-            res[name].append(one(binary, a.program, a.n, a.mode, a.settle, a.kills, a.pause))
+    res = bench.alternate(a.builds, a.runs, lambda b: one(b, a.program, a.n, a.mode, a.settle, a.kills, a.pause))
     fmt = lambda xs, d: f"{statistics.median(xs):.{d}f} ({min(xs):.{d}f}–{max(xs):.{d}f})"  # noqa: E731
     print("| mode | N | build | runs | bring-up ms | respawn median ms | shutdown ms |")
     print("|---|---|---|---|---|---|---|")

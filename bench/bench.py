@@ -317,6 +317,30 @@ def stop_scripts_alone(setup):
     return (time.monotonic_ns() - t0) / 1e6
 
 
+def alternating_args(runs, n, settle):
+    """The arguments every script that compares builds run by run takes; add its own, then call
+    `alternate` with what `parse_args` gives."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--program", required=True)
+    ap.add_argument("--runs", type=int, default=runs)
+    ap.add_argument("--n", type=int, default=n)
+    ap.add_argument("--mode", choices=("direct", "script"), default="direct")
+    ap.add_argument("--settle", type=float, default=settle)
+    ap.add_argument("builds", nargs="+", help="NAME=BINARY")
+    return ap
+
+
+def alternate(builds, runs, one):
+    """`one(binary)` for every NAME=BINARY of `builds`, build after build, `runs` times over (on a
+    VM whose speed drifts within the hour only runs that alternate compare): {name: [results]}."""
+    pairs = [b.split("=", 1) for b in builds]
+    res = {name: [] for name, _ in pairs}
+    for _ in range(runs):
+        for name, binary in pairs:
+            res[name].append(one(binary))
+    return res
+
+
 def pct(values, q):
     v = sorted(values)
     return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]

@@ -10,7 +10,6 @@ air-nanny spends is taken from the programs' exits.
         --runs 7 --n 1000 --mode direct NAME=BINARY ...
 """
 
-import argparse
 import os
 import statistics
 import sys
@@ -47,21 +46,11 @@ def one(binary, program, n, mode, settle, extra):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--program", required=True)
-    ap.add_argument("--runs", type=int, default=7)
-    ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--mode", choices=("direct", "script"), default="direct")
-    ap.add_argument("--settle", type=float, default=4.0)
+    ap = bench.alternating_args(7, 1000, 4.0)
     ap.add_argument("--config", action="append", default=[], metavar="LINE",
                     help="a line added to config.yaml, e.g. 'CGROUPS: off' for the fallback mode")
-    ap.add_argument("builds", nargs="+", help="NAME=BINARY")
     a = ap.parse_args()
-    builds = [b.split("=", 1) for b in a.builds]
-    res = {name: [] for name, _ in builds}
-    for _ in range(a.runs):
-        for name, binary in builds:
-            res[name].append(one(binary, a.program, a.n, a.mode, a.settle, a.config))
+    res = bench.alternate(a.builds, a.runs, lambda b: one(b, a.program, a.n, a.mode, a.settle, a.config))
     print(f"| build | runs | shutdown ms, median (range) | busy CPU ms over it, median |")
     print("|---|---|---|---|")
     for name, runs in res.items():
