@@ -148,7 +148,7 @@ impl ServiceLog {
             Ok(rt) => {
                 if !std::mem::replace(&mut log.rotation_due, true) {
                     let this = self.clone();
-                    drop(rt.spawn_blocking(move || this.sweep()));
+                    drop(rt.spawn_blocking(move || this.rotate_blocking()));
                 }
             }
             Err(_) => {
@@ -193,7 +193,7 @@ impl ServiceLog {
     /// Rotates this log if it is full. Blocking: a blocking-pool thread's work. The copy is made
     /// without the log's lock, so the runtime thread's notes and spawns never wait for it (what
     /// is written between the copy and the truncation is lost, as with any copy and truncate).
-    fn sweep(&self) {
+    fn rotate_blocking(&self) {
         let (path, max_files) = {
             let mut log = self.inner.lock().expect("log lock");
             log.rotation_due = false;

@@ -212,12 +212,12 @@ impl ConfigStore {
             return Err(e);
         }
         *guard = next;
-        // Under the same lock as the list: a reload in between cannot judge the entry by the
-        // other's state.
-        *self.requested.lock().expect("requested lock") = requested.clone();
         if policy.is_none() && was_requested {
             self.forget_request(&requested, &guard).await;
         }
+        // Under the same lock as the list: a reload in between cannot judge the entry by the
+        // other's state.
+        *self.requested.lock().expect("requested lock") = requested;
         Ok(old)
     }
 
