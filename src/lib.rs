@@ -17,7 +17,8 @@
 //! - [`api`]: the REST API (axum); [`ctl`]: its command-line client; [`http`]: a tiny HTTP client.
 //! - [`allow`]: what a request may make air-nanny run; [`audit`]: the trail of every change;
 //!   [`tls`]: TLS on the API (rustls) and ctl's client side.
-//! - [`notify`]: sd_notify readiness and watchdog.
+//! - [`notify`]: sd_notify readiness and watchdog; [`fdstore`]: `LOG_OUTPUT: pipe`, the services'
+//!   pipes kept in systemd's file-descriptor store.
 //! - [`image`]: once booted, air-nanny gives back the clean pages of its own code and the unused
 //!   part of its stack (what stays resident is what the steady state runs).
 
@@ -30,6 +31,7 @@ pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod events;
+pub mod fdstore;
 pub mod health;
 pub mod http;
 pub mod image;
@@ -120,6 +122,9 @@ pub async fn run(
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
+    let names: Vec<String> = store.list().await.into_iter().map(|s| s.name).collect();
+    fdstore::init(settings.log_output, &names);
+    drop(names);
     if let Err(e) = process::reserve_descriptors(store.count().await) {
         tracing::debug!("cannot grow the descriptor table ahead of the boot: {e}");
     }

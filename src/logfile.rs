@@ -23,6 +23,9 @@ struct Rotating {
     rotation_due: bool,
     /// A blocking-pool thread is copying the file (without the lock).
     rotating: bool,
+    /// `LOG_OUTPUT: pipe`: the service's pipe, whose write end children get. air-nanny is then the
+    /// file's only writer, and a full file is rotated by renaming it (nothing lost, no copy).
+    pipe: Option<Arc<crate::fdstore::Pipe>>,
 }
 
 impl Rotating {
@@ -41,7 +44,7 @@ impl Rotating {
         let adding = bytes.len() as u64;
         let mut full =
             if self.file.is_none() || self.at_least + adding > self.max_bytes { self.full(adding)? } else { false };
-        if full && tokio::runtime::Handle::try_current().is_err() {
+        if full && (self.pipe.is_some() || tokio::runtime::Handle::try_current().is_err()) {
             self.rotate()?;
             self.at_least = 0;
             full = false;
@@ -71,7 +74,15 @@ impl Rotating {
     /// Shifts `.1`… up by one, copies the current file to `.1` and truncates it. What a program
     /// writes between the copy and the truncation is lost (the copy of 1 MiB takes about a
     /// millisecond); a line being written at that moment may be split between the two files.
+    /// With a pipe (air-nanny the only writer) the file is renamed to `.1` instead: a few
+    /// renames, nothing copied, nothing lost.
     fn rotate(&mut self) -> io::Result<()> {
+        if self.pipe.is_some() {
+            shift(&self.path, self.max_files)?;
+            std::fs::rename(&self.path, numbered(&self.path, 1))?;
+            self.file = None;
+            return Ok(());
+        }
         shift_and_copy(&self.path, self.max_files)?;
         self.open()?.set_len(0)
     }
@@ -80,17 +91,23 @@ impl Rotating {
 /// Shifts `.1`… up by one and copies the current file to `.1` (through `.0`, renamed: a reader
 /// never sees half a copy).
 fn shift_and_copy(path: &Path, max_files: u32) -> io::Result<()> {
-    for i in (1..max_files).rev() {
-        let from = numbered(path, i);
-        if from.exists() {
-            std::fs::rename(&from, numbered(path, i + 1))?;
-        }
-    }
+    shift(path, max_files)?;
     if max_files >= 1 {
         let to = numbered(path, 1);
         let tmp = numbered(path, 0);
         std::fs::copy(path, &tmp)?;
         std::fs::rename(&tmp, &to)?;
+    }
+    Ok(())
+}
+
+/// Renames `.N-1` to `.N`, … `.1` to `.2` (the oldest, `.N`, is replaced).
+fn shift(path: &Path, max_files: u32) -> io::Result<()> {
+    for i in (1..max_files).rev() {
+        let from = numbered(path, i);
+        if from.exists() {
+            std::fs::rename(&from, numbered(path, i + 1))?;
+        }
     }
     Ok(())
 }
@@ -108,22 +125,38 @@ pub struct ServiceLog {
 }
 
 impl ServiceLog {
-    /// `max_files` rotated files are kept besides the current one.
+    /// `max_files` rotated files are kept besides the current one. A log open already (the
+    /// service's task has it while the API reads it) is that one: one lock and one size count per
+    /// file, whoever writes.
     pub fn open(dir: &Path, service: &str, max_bytes: u64, max_files: u32) -> ServiceLog {
         let path = dir.join(format!("{service}.log"));
+        let mut open = OPEN_LOGS.lock().expect("log registry");
+        let logs = open.get_or_insert_with(Default::default);
+        if let Some(inner) = logs.get(&path).and_then(std::sync::Weak::upgrade) {
+            let mut log = inner.lock().expect("log lock");
+            (log.max_bytes, log.max_files) = (max_bytes, max_files);
+            drop(log);
+            return ServiceLog { inner };
+        }
         let log = ServiceLog {
             inner: Arc::new(Mutex::new(Rotating {
-                path,
+                path: path.clone(),
                 file: None,
                 max_bytes,
                 max_files,
                 at_least: 0,
                 rotation_due: false,
                 rotating: false,
+                pipe: None,
             })),
         };
-        OPEN_LOGS.lock().expect("log registry").push(Arc::downgrade(&log.inner));
+        logs.insert(path, Arc::downgrade(&log.inner));
         log
+    }
+
+    /// Children's output goes into `pipe` from now on (`None`: into the file again).
+    pub fn set_pipe(&self, pipe: Option<Arc<crate::fdstore::Pipe>>) {
+        self.inner.lock().expect("log lock").pipe = pipe;
     }
 
     pub fn path(&self) -> PathBuf {
@@ -143,15 +176,16 @@ impl ServiceLog {
     /// Rotates the full file: on a blocking-pool thread when there is a runtime (a copy of up to
     /// LOG_MAX_SIZE must not hold up the runtime thread, which writes notes and hands files to
     /// children), else here.
+    /// With a pipe the rotation is a few renames: done here.
     fn rotate_soon(&self, mut log: std::sync::MutexGuard<'_, Rotating>) {
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
+            Ok(rt) if log.pipe.is_none() => {
                 if !std::mem::replace(&mut log.rotation_due, true) {
                     let this = self.clone();
                     drop(rt.spawn_blocking(move || this.rotate_blocking()));
                 }
             }
-            Err(_) => {
+            _ => {
                 if let Err(e) = log.rotate_if_full(0) {
                     tracing::warn!(file = %log.path.display(), "cannot rotate service log: {e}");
                 }
@@ -171,8 +205,12 @@ impl ServiceLog {
     /// when air-nanny is killed or restarted (no pipe whose reader dies, no SIGPIPE).
     /// A full file is rotated beside the spawn ([`rotate_soon`](Self::rotate_soon)): copy and
     /// truncate leave the child's descriptor pointing at the current file.
+    /// With `LOG_OUTPUT: pipe`, the pipe's write end instead ([`crate::fdstore::Pipe::writer`]).
     pub fn output(&self) -> io::Result<OwnedFd> {
         let mut log = self.inner.lock().expect("log lock");
+        if let Some(pipe) = &log.pipe {
+            return pipe.writer();
+        }
         let fd = OwnedFd::from(log.open()?.try_clone()?);
         if log.full(0)? {
             self.rotate_soon(log);
@@ -290,8 +328,10 @@ pub struct Follow {
     pub rotated: bool,
 }
 
-/// Every open service log, for [`sweep_all`].
-static OPEN_LOGS: Mutex<Vec<std::sync::Weak<Mutex<Rotating>>>> = Mutex::new(Vec::new());
+/// Every open service log by path: for [`sweep_all`], and so that [`ServiceLog::open`] of a log
+/// open already shares it.
+type OpenLogs = std::collections::HashMap<PathBuf, std::sync::Weak<Mutex<Rotating>>>;
+static OPEN_LOGS: Mutex<Option<OpenLogs>> = Mutex::new(None);
 
 /// How often programs' output is checked against LOG_MAX_SIZE (they write without air-nanny
 /// seeing it). A file can exceed the limit by what a program writes in this time.
@@ -303,8 +343,9 @@ pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 pub fn sweep_all() {
     let logs: Vec<ServiceLog> = {
         let mut open = OPEN_LOGS.lock().expect("log registry");
-        open.retain(|w| w.strong_count() > 0);
-        open.iter().filter_map(|w| w.upgrade()).map(|inner| ServiceLog { inner }).collect()
+        let open = open.get_or_insert_with(Default::default);
+        open.retain(|_, w| w.strong_count() > 0);
+        open.values().filter_map(|w| w.upgrade()).map(|inner| ServiceLog { inner }).collect()
     };
     for log in logs {
         log.check();

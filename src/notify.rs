@@ -33,6 +33,33 @@ fn send_abstract(sock: &UnixDatagram, name: &[u8], state: &str) -> std::io::Resu
     sock.send_to_addr(state.as_bytes(), &addr)
 }
 
+/// Sends one notification with a descriptor (`FDSTORE=1`, SCM_RIGHTS) to systemd's socket. Never
+/// waits (see `send_to`): a message the socket cannot take now is an error, to be sent again.
+pub fn send_with_fd(state: &str, fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let path = std::env::var_os("NOTIFY_SOCKET")
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "NOTIFY_SOCKET is not set"))?;
+    let bytes = path.as_encoded_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => UnixAddr::new_abstract(name)?,
+        None => UnixAddr::new(bytes)?,
+    };
+    let sock = socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
+    let fds = [fd.as_raw_fd()];
+    let sent = sendmsg(
+        sock.as_raw_fd(),
+        &[std::io::IoSlice::new(state.as_bytes())],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        Some(&addr),
+    )?;
+    if sent != state.len() {
+        return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "notification cut short"));
+    }
+    Ok(())
+}
+
 /// Whether systemd listens (`NOTIFY_SOCKET` is set).
 pub fn enabled() -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some()

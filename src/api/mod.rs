@@ -727,6 +727,7 @@ async fn health(State(s): State<AppState>, req: Request) -> Response {
             "pid": std::process::id(),
             "tls": s.security.tls.is_some(),
             "ownership": s.supervisor.ownership(),
+            "output": crate::fdstore::in_force(),
         })),
     }
 }

@@ -196,7 +196,8 @@ fn schemas() -> Value {
             "name": r("Name"), "events": { "type": "array", "items": r("Event") } } },
         "Health": { "type": "object", "required": ["status"], "properties": {
             "status": { "const": "ok" }, "server": { "type": "string" }, "version": { "type": "string" },
-            "pid": { "type": "integer" }, "tls": { "type": "boolean" }, "ownership": { "enum": ["cgroup", "fallback"] } } }
+            "pid": { "type": "integer" }, "tls": { "type": "boolean" }, "ownership": { "enum": ["cgroup", "fallback"] },
+            "output": { "enum": ["pipe", "file"] } } }
     })
 }
 

@@ -130,6 +130,8 @@ pub struct Settings {
     pub start_limit: u32,
     pub log_max_bytes: u64,
     pub log_max_files: u32,
+    /// `LOG_OUTPUT`: how the services' output reaches their logs.
+    pub log_output: LogOutput,
     pub api_body_limit: usize,
     pub api_timeout: Duration,
     /// `API_TLS_CERT`/`API_TLS_KEY`/`API_TLS_CLIENT_CA`: TLS on the API when set.
@@ -145,6 +147,16 @@ pub struct Settings {
     /// `CGROUP_BASE`: where the services' cgroups go, relative to the cgroup2 hierarchy's root;
     /// `None`: beside air-nanny's own cgroup (see `cgroup::default_base`).
     pub cgroup_base: Option<String>,
+}
+
+/// `LOG_OUTPUT`: how a service's output reaches its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogOutput {
+    /// The scripts and programs write into the log file themselves (`O_APPEND`).
+    File,
+    /// Through a pipe air-nanny copies into the file, its read end kept in systemd's
+    /// file-descriptor store (see `fdstore`); files where there is no store.
+    Pipe,
 }
 
 /// `CGROUPS`: how a service's processes are owned.
@@ -189,6 +201,7 @@ const KNOWN_KEYS: &[&str] = &[
     "API_HOST_NAMES",
     "ALLOWED_CHECK_HOSTS",
     "CGROUPS",
+    "LOG_OUTPUT",
     "CGROUP_BASE",
 ];
 
@@ -269,6 +282,14 @@ impl Settings {
         let start_limit = y.int("START_LIMIT", 0, 0, 1_000_000) as u32;
         let log_max_bytes = y.int("LOG_MAX_SIZE", 1024 * 1024, 4096, 1 << 30);
         let log_max_files = y.int("LOG_MAX_FILES", 3, 1, MAX_LOG_FILES) as u32;
+        let log_output = match y.opt_string("LOG_OUTPUT").as_deref() {
+            None | Some("file") => LogOutput::File,
+            Some("pipe") => LogOutput::Pipe,
+            Some(other) => {
+                y.problems.error(&file, "LOG_OUTPUT", format!("{other:?} is not one of file, pipe"));
+                LogOutput::File
+            }
+        };
         let api_body_limit = y.int("API_BODY_LIMIT", 64 * 1024, 1024, 16 << 20) as usize;
         let api_timeout = y.seconds("API_TIMEOUT", 60, 1);
         let tls_cert = y.opt_path("API_TLS_CERT", &config_dir);
@@ -401,6 +422,7 @@ impl Settings {
             start_limit,
             log_max_bytes,
             log_max_files,
+            log_output,
             api_body_limit,
             api_timeout,
             tls,

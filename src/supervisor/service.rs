@@ -219,6 +219,7 @@ pub fn spawn(
     });
     let ledger = if owned.is_some() { None } else { ledger };
     let log = ServiceLog::open(&settings.log_dir, &info.name, settings.log_max_bytes, settings.log_max_files);
+    crate::fdstore::attach(&info.name, &log);
     let (tx, inbox) = mpsc::channel(QUEUE);
     let info = Arc::new(info);
     let (snapshot_tx, snapshot) = watch::channel(Arc::new(TaskSnapshot::new(info.clone())));
@@ -406,6 +407,7 @@ impl ServiceTask {
         if let Some(o) = self.owned.as_ref().filter(|_| !self.shut_down) {
             let _ = o.cg.remove();
         }
+        crate::fdstore::detach(&self.info.name, &self.log, !self.shut_down);
     }
 
     /// Nothing of the service runs, and nothing is in flight.

@@ -235,18 +235,60 @@ impl Fixture {
 
     /// Starts air-nanny without waiting for its API (the caller waits its own way, over TLS say).
     pub fn spawn(&self, env: &[(&str, &str)], cwd: Option<&std::path::Path>) -> Nanny<'_> {
-        self.spawn_cmd(env, cwd, None)
+        self.spawn_cmd(env, cwd, None, &[])
     }
 
     /// [`Fixture::start`] under an open-file limit of `soft` (systemd gives services 1024), with a
     /// hard limit of at least `hard` (raised as root where the machine's is lower).
     pub fn start_with_nofile(&self, soft: u64, hard: u64) -> Nanny<'_> {
-        self.spawn_cmd(&[], None, Some((soft, hard))).api_up()
+        self.spawn_cmd(&[], None, Some((soft, hard)), &[]).api_up()
     }
 
-    fn spawn_cmd(&self, env: &[(&str, &str)], cwd: Option<&std::path::Path>, nofile: Option<(u64, u64)>) -> Nanny<'_> {
+    /// [`Fixture::start`] as systemd starts a service again: with the descriptors of its store
+    /// (`store`) from fd 3 on, named in `LISTEN_FDNAMES`, for the new process's pid (`LISTEN_PID`:
+    /// a shell sets it to its own pid and execs air-nanny, which keeps it).
+    pub fn start_handing_back(&self, store: &StandInStore) -> Nanny<'_> {
+        let kept = store.kept();
+        let env = store.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.spawn_cmd(&env, None, None, &kept).api_up()
+    }
+
+    fn spawn_cmd(
+        &self,
+        env: &[(&str, &str)],
+        cwd: Option<&std::path::Path>,
+        nofile: Option<(u64, u64)>,
+        handed: &[(String, std::os::fd::RawFd)],
+    ) -> Nanny<'_> {
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(self.path("nanny.log")).unwrap();
         let mut cmd = Command::new(AIR_NANNY);
+        if !handed.is_empty() {
+            cmd = Command::new("/bin/sh");
+            cmd.args(["-c", "LISTEN_PID=$$; export LISTEN_PID; exec \"$0\" \"$@\"", AIR_NANNY]);
+            let names: Vec<&str> = handed.iter().map(|(n, _)| n.as_str()).collect();
+            cmd.env("LISTEN_FDS", handed.len().to_string()).env("LISTEN_FDNAMES", names.join(":"));
+            let fds: Vec<std::os::fd::RawFd> = handed.iter().map(|(_, fd)| *fd).collect();
+            // SAFETY: the closure only calls fcntl and dup2 (async-signal-safe) on numbers it owns.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    // Out of the way first (a descriptor may sit where another must go), then to 3….
+                    let mut high = [0; 64];
+                    for (i, fd) in fds.iter().enumerate() {
+                        high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 1000);
+                        if high[i] < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    for (i, fd) in high.iter().take(fds.len()).enumerate() {
+                        if libc::dup2(*fd, 3 + i as i32) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
         }
@@ -482,4 +524,100 @@ pub fn kill9(pid: i64) {
 
 pub fn alive(pid: i64) -> bool {
     air_nanny::process::is_alive(pid as i32)
+}
+
+/// A stand-in for systemd where the tests have none: its notification socket (`NOTIFY_SOCKET`)
+/// and its file-descriptor store, with systemd's rules — `FDSTORE=1` keeps the descriptors sent
+/// with the message under its `FDNAME` (the same open file only once), `FDSTOREREMOVE=1` closes
+/// every one of a name, and the store outlives the process that filled it. Other notifications
+/// (READY, STATUS, WATCHDOG) are read and dropped.
+pub struct StandInStore {
+    path: PathBuf,
+    kept: std::sync::Arc<std::sync::Mutex<Vec<(String, std::os::fd::OwnedFd)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StandInStore {
+    pub fn new(path: PathBuf) -> StandInStore {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, OwnedFd)>::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (k, halt) = (kept.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 16]);
+            while !halt.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+                let Ok(msg) = nix::sys::socket::recvmsg::<()>(
+                    sock.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut space),
+                    nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+                ) else {
+                    continue;
+                };
+                let mut fds = Vec::new();
+                for c in msg.cmsgs().unwrap() {
+                    if let nix::sys::socket::ControlMessageOwned::ScmRights(r) = c {
+                        // SAFETY: the kernel just gave us these descriptors.
+                        fds.extend(r.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                    }
+                }
+                let n = msg.bytes;
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                let fields: Vec<&str> = text.lines().collect();
+                let name = fields.iter().find_map(|l| l.strip_prefix("FDNAME=")).unwrap_or("stored").to_string();
+                let mut kept = k.lock().unwrap();
+                if fields.contains(&"FDSTORE=1") {
+                    for fd in fds {
+                        let id =
+                            |fd: &OwnedFd| nix::sys::stat::fstat(fd.as_raw_fd()).map(|s| (s.st_dev, s.st_ino)).ok();
+                        if !kept.iter().any(|(_, k)| id(k) == id(&fd)) {
+                            kept.push((name.clone(), fd));
+                        }
+                    }
+                } else if fields.contains(&"FDSTOREREMOVE=1") {
+                    kept.retain(|(n, _)| *n != name);
+                }
+            }
+        });
+        StandInStore { path, kept, stop }
+    }
+
+    /// What air-nanny is given to find it: `NOTIFY_SOCKET`, and `FDSTORE` as systemd 254 sets it.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![("NOTIFY_SOCKET", self.path.display().to_string()), ("FDSTORE", "64".into())]
+    }
+
+    /// The names kept, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut n: Vec<String> = self.kept.lock().unwrap().iter().map(|(n, _)| n.clone()).collect();
+        n.sort();
+        n
+    }
+
+    /// The kept descriptors (still the store's) with their names.
+    pub fn kept(&self) -> Vec<(String, std::os::fd::RawFd)> {
+        use std::os::fd::AsRawFd;
+        self.kept.lock().unwrap().iter().map(|(n, fd)| (n.clone(), fd.as_raw_fd())).collect()
+    }
+
+    /// Bytes waiting in the kept pipe `name` (FIONREAD), read by nobody.
+    pub fn pending(&self, name: &str) -> usize {
+        use std::os::fd::AsRawFd;
+        let kept = self.kept.lock().unwrap();
+        let Some((_, fd)) = kept.iter().find(|(n, _)| n == name) else { return 0 };
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int.
+        unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+        n.max(0) as usize
+    }
+}
+
+impl Drop for StandInStore {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::{alive, cgroups_here, kill9, wait_until, Fixture};
+use crate::common::{alive, cgroups_here, kill9, wait_until, Fixture, StandInStore};
 
 /// The modes to run a test in: config.yaml lines.
 fn modes(test: &str) -> Vec<&'static str> {
@@ -166,6 +166,85 @@ fn a_chatty_program_survives_the_death_of_air_nanny_and_keeps_logging() {
             assert!(last.contains("heartbeat"), "{mode}{name}: {last}");
         }
     }
+}
+
+/// The heartbeat numbers of `program` in `log`, in order.
+fn heartbeats(log: &str, program: &str) -> Vec<u64> {
+    let prefix = format!("{program}: heartbeat ");
+    log.lines().filter_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok()).collect()
+}
+
+/// `LOG_OUTPUT: pipe` under a stand-in for systemd's file-descriptor store (the tests run without
+/// systemd; `StandInStore` keeps what air-nanny sends with `FDSTORE=1` and hands it back at the
+/// next start as systemd does, `LISTEN_FDS` from fd 3 with `LISTEN_FDNAMES`): a program writing
+/// every 10 ms keeps its pid across a `kill -9` of air-nanny, what it writes meanwhile waits in the
+/// pipe the store holds, and the next air-nanny copies it on — not one line lost.
+#[test]
+fn with_pipes_in_the_fd_store_a_chatty_programs_output_survives_a_crash_without_a_lost_line() {
+    for mode in modes("pipe output") {
+        let f = Fixture::with_config(&format!("{mode}LOG_OUTPUT: pipe\n"));
+        f.write_services(&json!([
+            f.direct_service("chatty", 0, &["--heartbeat-ms", "10"]),
+            f.script_service("schatty", 0, false, "--heartbeat-ms 10"),
+        ]));
+        let store = StandInStore::new(f.path("notify.sock"));
+        let env = store.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut n = f.start_with_env(&env);
+        assert_eq!(n.ok("GET", "/health", None)["output"], "pipe", "{mode}");
+        let before: Vec<i64> = ["chatty", "schatty"].iter().map(|s| n.wait_running(s)[0]).collect();
+        wait_until(&format!("{mode}both pipes in the store"), Duration::from_secs(10), || {
+            (store.names() == ["out.chatty", "out.schatty"]).then_some(())
+        });
+        for name in ["chatty", "schatty"] {
+            wait_until(&format!("{mode}{name}'s heartbeats in its log"), Duration::from_secs(10), || {
+                (heartbeats(&f.log(name), name).len() > 5).then_some(())
+            });
+        }
+        n.kill9();
+        // Nobody reads now: the output gathers in the pipes the store holds.
+        for name in ["chatty", "schatty"] {
+            wait_until(&format!("{mode}{name} writing while air-nanny is dead"), Duration::from_secs(10), || {
+                (store.pending(&format!("out.{name}")) > 300).then_some(())
+            });
+        }
+        let n = f.start_handing_back(&store);
+        for (name, pid) in ["chatty", "schatty"].iter().zip(&before) {
+            assert_eq!(n.wait_running(name), vec![*pid], "{mode}{name}: the same process, adopted");
+            let at_restart = heartbeats(&f.log(name), name).last().copied().unwrap_or(0);
+            let beats = wait_until(&format!("{mode}{name} logging after the restart"), Duration::from_secs(10), || {
+                let b = heartbeats(&f.log(name), name);
+                (b.last().copied().unwrap_or(0) > at_restart + 30).then_some(b)
+            });
+            let gaps: Vec<(u64, u64)> = beats.windows(2).filter(|w| w[1] != w[0] + 1).map(|w| (w[0], w[1])).collect();
+            assert!(gaps.is_empty(), "{mode}{name}: heartbeats lost between {gaps:?}");
+        }
+        assert_eq!(store.names(), ["out.chatty", "out.schatty"], "{mode}taken back, not stored twice");
+        // A removed service's pipe leaves the store.
+        n.ok("DELETE", "/task/del?name=schatty", None);
+        wait_until(&format!("{mode}schatty's pipe out of the store"), Duration::from_secs(10), || {
+            (store.names() == ["out.chatty"]).then_some(())
+        });
+    }
+}
+
+/// Without a store (no systemd, or none configured) a pipe would die with air-nanny and take its
+/// writers with it (SIGPIPE): `LOG_OUTPUT: pipe` then keeps the files, and says so.
+#[test]
+fn pipe_output_without_a_store_keeps_the_files_and_says_so() {
+    let f = Fixture::with_config("LOG_OUTPUT: pipe\n");
+    f.write_services(&json!([f.direct_service("chatty", 0, &["--heartbeat-ms", "10"])]));
+    let mut n = f.start();
+    assert_eq!(n.ok("GET", "/health", None)["output"], "file");
+    let pid = n.wait_running("chatty")[0];
+    n.kill9();
+    let size = f.log("chatty").len();
+    wait_until("chatty logging without air-nanny", Duration::from_secs(10), || {
+        (f.log("chatty").len() > size + 200).then_some(())
+    });
+    assert!(alive(pid));
+    let log = std::fs::read_to_string(f.path("nanny.log")).unwrap();
+    assert!(log.contains("LOG_OUTPUT: pipe needs systemd's file-descriptor store"), "{log}");
 }
 
 #[test]
