@@ -176,7 +176,8 @@ fn parse_listen(
 }
 
 /// Whether systemd keeps descriptors for air-nanny: it says so in `$FDSTORE` (the unit's
-/// `FileDescriptorStoreMax=`, systemd 254 and later) besides `NOTIFY_SOCKET`.
+/// `FileDescriptorStoreMax=`; systemd 254 and later set it, the packaged unit sets it for older
+/// ones) besides `NOTIFY_SOCKET`.
 pub fn store_size() -> Option<u64> {
     let n: u64 = std::env::var("FDSTORE").ok()?.trim().parse().ok()?;
     (n > 0 && crate::notify::enabled()).then_some(n)
@@ -201,8 +202,8 @@ pub fn init(mode: LogOutput, services: &[String]) {
     let Some(size) = store_size() else {
         tracing::warn!(
             "LOG_OUTPUT: pipe needs systemd's file-descriptor store (FileDescriptorStoreMax= in the unit, \
-             systemd 254 or later, which says so in $FDSTORE); without it a program would die with air-nanny \
-             (SIGPIPE): the services write into their log files directly"
+             and $FDSTORE, which systemd 254 and later set from it); without it a program would die with \
+             air-nanny (SIGPIPE): the services write into their log files directly"
         );
         return;
     };
