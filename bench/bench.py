@@ -51,6 +51,9 @@ class Setup:
         self.names = [f"svc{i:04d}" for i in range(n)]
         for name in self.names:
             os.link(program, os.path.join(self.root, "bin", name))
+        # A program no service names: the control script run by hand beside air-nanny (script
+        # mode's baseline, timed at the same moments as the respawns).
+        os.link(program, os.path.join(self.root, "bin", "spare"))
         self.port = free_port()
         self.cgroup_base = f"/air-nanny-bench/{os.getpid()}-{self.port}"
         with open(os.path.join(self.dir, "public.yaml"), "w") as f:
@@ -143,13 +146,17 @@ class RecordTail:
     """The programs' start records appended after it was made, read a little at a time."""
 
     def __init__(self, path):
-        self.path, self.offset, self.partial, self.found = path, os.path.getsize(path), b"", None
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        self.path, self.offset, self.partial, self.found = path, size, b"", None
 
     def start_of(self, name):
         """(pid, ns) of the first new start of `name`, or None yet."""
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read()
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return None
         self.offset += len(data)
         *lines, self.partial = (self.partial + data).split(b"\n")
         for line in lines:
@@ -226,9 +233,15 @@ class Nanny:
             rest = f.read().rsplit(")", 1)[1].split()
         return int(rest[11]) + int(rest[12])  # utime + stime
 
-    def respawns(self, count):
-        lat, last_kill = [], {}
+    def respawns(self, count, paired=False):
+        """`count` kills of a running program, each timed until its new start; with `paired`
+        (script mode) also the control script run by hand for a spare program at the same moments
+        — before the kill for even samples, after the respawn for odd ones, so that neither side
+        always meets the machine colder — as (respawns, baselines)."""
+        lat, base, last_kill = [], [], {}
         for i in range(count):
+            if paired and i % 2 == 0:
+                base.append(script_run(self.s, "spare"))
             name = self.s.names[(i * 7919) % self.s.n]
             # With fewer services than kills, a service is killed again only after a run long enough
             # (RESTART_BACKOFF_RESET) to reset its backoff: every sample is a first restart.
@@ -246,7 +259,9 @@ class Nanny:
             lat.append((new[1] - t0) / 1e6)
             # Let air-nanny settle (the next kill is a different service: first restart, no backoff).
             wait_until("the task to be running again", 30, lambda: self.task_running(name), step=0.005)
-        return lat
+            if paired and i % 2 == 1:
+                base.append(script_run(self.s, "spare"))
+        return (lat, base) if paired else lat
 
     def task_running(self, name):
         try:
@@ -284,21 +299,31 @@ def wrk(url, seconds, conns):
     return rps, p99
 
 
+def script_run(setup, name):
+    """The control script run by hand for program `name`: ms from its start to the program's own
+    start record; then stopped, and waited for until it is gone."""
+    env = dict(os.environ, AIR_NANNY_SERVICE=name, AIR_NANNY_PROGRAM=os.path.join(setup.root, "bin", name))
+    tail = RecordTail(setup.rec)
+    t0 = time.time_ns()
+    subprocess.run([setup.script, "start"], env=env, check=True)
+    new = wait_until(f"{name} started by hand", 10, lambda: tail.start_of(name))
+    subprocess.run([setup.script, "stop"], env=env, check=True)
+    wait_until(f"{name} to stop", 10, lambda: not os.path.exists(f"/proc/{new[0]}") or zombie(new[0]))
+    return (new[1] - t0) / 1e6
+
+
+def zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def script_baseline(setup, runs):
-    """How long the control script itself takes to get the program running (script-mode floor)."""
-    env = dict(os.environ, AIR_NANNY_SERVICE=setup.names[0],
-               AIR_NANNY_PROGRAM=os.path.join(setup.root, "bin", setup.names[0]))
-    times = []
-    for _ in range(runs):
-        before = len(setup.starts().get(setup.names[0], []))
-        t0 = time.time_ns()
-        subprocess.run([setup.script, "start"], env=env, check=True)
-        new = wait_until("the program", 10, lambda: (lambda v: v[-1] if len(v) > before else None)(
-            setup.starts().get(setup.names[0], [])))
-        times.append((new[1] - t0) / 1e6)
-        subprocess.run([setup.script, "stop"], env=env, check=True)
-        wait_until("the program to stop", 10, lambda: not setup.live_programs())
-    return statistics.median(times)
+    """How long the control script itself takes to get the program running (script-mode floor),
+    with nothing else running."""
+    return statistics.median(script_run(setup, setup.names[0]) for _ in range(runs))
 
 
 def stop_scripts_alone(setup):
@@ -385,7 +410,10 @@ def main():
                         r.read()
                     time.sleep(1)
                 console = nn.cpu_ticks() - c0
-                lat = nn.respawns(kills)
+                if mode == "script":
+                    lat, paired = nn.respawns(kills, paired=True)
+                else:
+                    lat, paired = nn.respawns(kills), None
                 api = {}
                 if mode == "direct" and n == api_n:
                     base = f"http://127.0.0.1:{s.port}"
@@ -413,6 +441,8 @@ def main():
                    "idle_seconds": idle_s, "respawn_median_ms": round(statistics.median(lat), 3),
                    "respawn_p90_ms": round(pct(lat, 0.9), 3), "respawn_samples": len(lat),
                    "shutdown_ms": round(shut_ms, 2), "shutdown_exit": code, "left_after_shutdown": left}
+            if paired:
+                run["script_alone_paired_ms"] = round(statistics.median(paired), 3)
             if mode == "script":
                 s3 = Setup(a.nanny, a.program, 1, mode)
                 try:
@@ -463,17 +493,25 @@ def binary_sizes():
     return out
 
 
+def alone(x):
+    if "script_alone_ms" not in x:
+        return "-"
+    if "script_alone_paired_ms" not in x:
+        return str(x["script_alone_ms"])
+    return f"{x['script_alone_ms']} ({x['script_alone_paired_ms']})"
+
+
 def table(r):
     m = r["machine"]
     lines = [f"Machine: {m['cpus']} cores, {m['cpu']}, Linux {m['kernel']}{' (quick run)' if m['quick'] else ''}", "",
              "| mode | N | bring-up ms | READY ms (× bring-up) | PSS KiB | RSS KiB | idle ticks (no checks) | idle ticks (check/1 s each) "
-             "| console polling ticks | respawn median ms | respawn p90 ms | script alone ms | shutdown ms | N stop scripts alone ms |",
+             "| console polling ticks | respawn median ms | respawn p90 ms | script alone ms (at the respawns' moments) | shutdown ms | N stop scripts alone ms |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["runs"]:
         lines.append(f"| {x['mode']} | {x['n']} | {x['bring_up_ms']} | {x['ready_ms']} ({x['ready_over_bring_up']}) | {x['pss_kib']} | {x['rss_kib']} | "
                      f"{x['idle_ticks']} in {x['idle_seconds']} s | {x['idle_ticks_checked_1s']} in {x['idle_seconds']} s | "
                      f"{x['console_ticks']} in {x['idle_seconds']} s | "
-                     f"{x['respawn_median_ms']} | {x['respawn_p90_ms']} | {x.get('script_alone_ms', '-')} | {x['shutdown_ms']} | {x.get('stop_scripts_alone_ms', '-')} |")
+                     f"{x['respawn_median_ms']} | {x['respawn_p90_ms']} | {alone(x)} | {x['shutdown_ms']} | {x.get('stop_scripts_alone_ms', '-')} |")
     if "pss_per_service_kib" in r:
         lines += ["", f"PSS per extra service (direct): {r['pss_per_service_kib']} KiB"]
     if r["api"]:
