@@ -28,6 +28,8 @@ pub const PIPE_BYTES: i32 = 1 << 20;
 /// that supervises (128 KiB, then the others run).
 const READS_PER_WAKE: usize = 8;
 const READ_CHUNK: usize = 16 * 1024;
+/// Reads that empty a full pipe.
+const DRAIN_READS: usize = PIPE_BYTES as usize / READ_CHUNK + 1;
 /// Environment variables of the descriptors passed at start, removed once read.
 const LISTEN_VARS: [&str; 4] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PIDFDID"];
 
@@ -313,7 +315,8 @@ pub fn detach(service: &str, log: &ServiceLog, removed: bool) {
     if let Some(copying) = pipe.reader.lock().expect("pipe reader").take() {
         copying.abort();
     }
-    let _ = copy_available(pipe.read.get_ref().as_fd(), log, usize::MAX);
+    // What the pipe holds (a writer still alive cannot keep this loop going).
+    let _ = copy_available(pipe.read.get_ref().as_fd(), log, DRAIN_READS);
     log.set_pipe(None);
     if removed && pipe.stored.load(Ordering::Relaxed) {
         forget(&pipe.fdname);
