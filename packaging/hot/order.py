@@ -9,12 +9,28 @@ then link with lld's --symbol-ordering-file=ORDER (packaging/hot/link.sh does bo
 KEYS (packaging/hot/symbols.txt, written by profile.py) names the functions the steady state runs,
 demangled and without the crate and symbol hashes, which differ between targets and builds: the
 same list serves x86_64, aarch64 and armv7. Every symbol of BINARY whose key is listed is printed,
-so all the instances of a listed function are placed together at the start of the text; the rest
-keeps the linker's order after them.
+so all the instances of a listed function are placed together at the start of the text: those
+listed before the `--- REST` line (what runs while air-nanny idles) first, then the others; the
+rest keeps the linker's order after them.
 """
 import re, subprocess, sys
 
 HASHES = [re.compile(r"\[[0-9a-f]+\]"), re.compile(r"::h[0-9a-f]{16}$")]
+# In KEYS, the line between what runs while air-nanny idles and the rest of its steady state.
+REST = "--- REST"
+
+
+def read_tiers(path):
+    """(idle, rest): the two sets of keys of a KEYS file (a file without the REST line is all idle)."""
+    idle, rest, cur = set(), set(), None
+    cur = idle
+    for line in open(path):
+        line = line.rstrip("\n")
+        if line == REST:
+            cur = rest
+        elif line.strip():
+            cur.add(line)
+    return idle, rest
 
 
 def demangle(symbols):
@@ -66,14 +82,18 @@ def main():
         keys_file = args[1]
     else:
         sys.exit("usage: order.py BINARY KEYS | order.py --map LINK.map KEYS")
-    wanted = {line.rstrip("\n") for line in open(keys_file) if line.strip()}
+    tiers = read_tiers(keys_file)
+    keys = key_of(syms)
     found, seen = 0, set()
-    for sym, key in zip(syms, key_of(syms)):
-        if key in wanted and sym not in seen:
-            seen.add(sym)
-            print(sym)
-            found += 1
-    print(f"order: {found} symbols of {source} for {len(wanted)} hot functions", file=sys.stderr)
+    # What runs while idle first, then the rest; each in the linker's own order.
+    for wanted in tiers:
+        for sym, key in zip(syms, keys):
+            if key in wanted and sym not in seen:
+                seen.add(sym)
+                print(sym)
+                found += 1
+    print(f"order: {found} symbols of {source} for {len(tiers[0])} idle and {len(tiers[1])} other hot functions",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":
