@@ -100,7 +100,9 @@ impl Table {
 
 /// systemd's notification and watchdog variables are air-nanny's, not its children's.
 fn scrub_env(cmd: &mut Command) {
-    for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
+    for var in
+        ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "FDSTORE"]
+    {
         cmd.env_remove(var);
     }
 }
