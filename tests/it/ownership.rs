@@ -224,7 +224,7 @@ fn with_pipes_in_the_fd_store_a_chatty_programs_output_survives_a_crash_without_
             let gaps: Vec<(u64, u64)> = beats.windows(2).filter(|w| w[1] != w[0] + 1).map(|w| (w[0], w[1])).collect();
             assert!(gaps.is_empty(), "{mode}{name}: heartbeats lost between {gaps:?}");
         }
-        // Taken back, not stored twice; gone's removed from the store.
+        // Taken back (one entry per pipe, as systemd keeps them); gone's removed from the store.
         wait_until(
             &format!("{mode}the store to hold chatty's and schatty's pipes only"),
             Duration::from_secs(10),
