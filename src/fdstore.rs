@@ -201,15 +201,19 @@ pub fn init(mode: LogOutput, services: &[String]) {
     if mode == LogOutput::File {
         return;
     }
-    let Some(size) = store_size() else {
+    // Pipes handed back prove a store even where $FDSTORE does not say so (systemd before 254
+    // without the unit's Environment= line): dropping them would leave their writers blocked.
+    let proven = !handed_back.is_empty() && crate::notify::enabled();
+    let size = store_size();
+    if size.is_none() && !proven {
         tracing::warn!(
             "LOG_OUTPUT: pipe needs systemd's file-descriptor store (FileDescriptorStoreMax= in the unit, \
              and $FDSTORE, which systemd 254 and later set from it); without it a program would die with \
              air-nanny (SIGPIPE): the services write into their log files directly"
         );
         return;
-    };
-    if (size as usize) < services.len() {
+    }
+    if let Some(size) = size.filter(|n| (*n as usize) < services.len()) {
         tracing::warn!(
             "FileDescriptorStoreMax={size} is below the number of services ({}): the pipes of the others are not kept, and their programs die with air-nanny",
             services.len()

@@ -248,8 +248,13 @@ impl Fixture {
     /// (`store`) from fd 3 on, named in `LISTEN_FDNAMES`, for the new process's pid (`LISTEN_PID`:
     /// a shell sets it to its own pid and execs air-nanny, which keeps it).
     pub fn start_handing_back(&self, store: &StandInStore) -> Nanny<'_> {
+        self.start_handing_back_with(store, store.env())
+    }
+
+    /// [`Fixture::start_handing_back`] with `env` instead of the store's own variables (systemd
+    /// before 254 sets no `FDSTORE`).
+    pub fn start_handing_back_with(&self, store: &StandInStore, env: Vec<(&'static str, String)>) -> Nanny<'_> {
         let kept = store.kept();
-        let env = store.env();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         self.spawn_cmd(&env, None, None, &kept).api_up()
     }
