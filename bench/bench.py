@@ -366,6 +366,17 @@ def alternate(builds, runs, one):
     return res
 
 
+def print_pairs(res, first, second):
+    """The table of `alternate`'s results whose runs are (a, b) pairs: per build, the median and
+    range of a, and the median of b, under the column titles `first` and `second`."""
+    print(f"| build | runs | {first}, median (range) | {second}, median |")
+    print("|---|---|---|---|")
+    for name, runs in res.items():
+        a = sorted(r[0] for r in runs)
+        print(f"| {name} | {len(runs)} | {statistics.median(a):.0f} ({a[0]:.0f}–{a[-1]:.0f}) "
+              f"| {statistics.median(r[1] for r in runs):.0f} |")
+
+
 def pct(values, q):
     v = sorted(values)
     return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]

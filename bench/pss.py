@@ -9,7 +9,6 @@ back), and reads /proc/PID/smaps: PSS in all, and of it the binary's own pages.
 """
 
 import os
-import statistics
 import sys
 import time
 
@@ -45,13 +44,7 @@ def main():
     ap = bench.alternating_args(3, 10, 10.0)
     a = ap.parse_args()
     res = bench.alternate(a.builds, a.runs, lambda b: one(b, a.program, a.n, a.mode, a.settle))
-    print(f"| build | runs | PSS KiB, median (range) | of it the binary's own pages, median |")
-    print("|---|---|---|---|")
-    for name, runs in res.items():
-        tot = sorted(r[0] for r in runs)
-        print(f"| {name} | {len(runs)} | {statistics.median(tot):.0f} ({tot[0]}–{tot[-1]}) "
-              f"| {statistics.median(r[1] for r in runs):.0f} |")
-
+    bench.print_pairs(res, "PSS KiB", "of it the binary's own pages, KiB")
 
 if __name__ == "__main__":
     main()

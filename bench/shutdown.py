@@ -11,7 +11,6 @@ air-nanny spends is taken from the programs' exits.
 """
 
 import os
-import statistics
 import sys
 import time
 
@@ -51,13 +50,7 @@ def main():
                     help="a line added to config.yaml, e.g. 'CGROUPS: off' for the fallback mode")
     a = ap.parse_args()
     res = bench.alternate(a.builds, a.runs, lambda b: one(b, a.program, a.n, a.mode, a.settle, a.config))
-    print(f"| build | runs | shutdown ms, median (range) | busy CPU ms over it, median |")
-    print("|---|---|---|---|")
-    for name, runs in res.items():
-        walls = sorted(r[0] for r in runs)
-        print(f"| {name} | {len(runs)} | {statistics.median(walls):.0f} ({walls[0]:.0f}–{walls[-1]:.0f}) "
-              f"| {statistics.median(r[1] for r in runs):.0f} |")
-
+    bench.print_pairs(res, "shutdown ms", "busy CPU ms over it")
 
 if __name__ == "__main__":
     main()

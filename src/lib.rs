@@ -122,7 +122,11 @@ pub async fn run(
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
-    let names: Vec<String> = store.list().await.into_iter().map(|s| s.name).collect();
+    // The services' names only where pipes are to be matched to them (a copy of every service).
+    let names: Vec<String> = match settings.log_output {
+        config::LogOutput::Pipe => store.list().await.into_iter().map(|s| s.name).collect(),
+        config::LogOutput::File => Vec::new(),
+    };
     fdstore::init(settings.log_output, &names);
     drop(names);
     if let Err(e) = process::reserve_descriptors(store.count().await) {

@@ -52,12 +52,12 @@ fn main() -> ExitCode {
         subscriber.with_ansi(colour).init();
     }
     let config = cli.config.clone().unwrap_or_else(default_config);
-    // Blocking-pool threads (history and audit writes, log reads, /proc scans) end 1 s after their
-    // last job: an idle air-nanny keeps no thread stack resident.
     if matches!(cli.command, None | Some(Cmd::Run)) {
         // Before any thread exists: it takes the variables out of the environment.
         air_nanny::fdstore::take_handed_back();
     }
+    // Blocking-pool threads (history and audit writes, log reads, /proc scans) end 1 s after their
+    // last job: an idle air-nanny keeps no thread stack resident.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_keep_alive(std::time::Duration::from_secs(1))

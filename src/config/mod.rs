@@ -776,6 +776,7 @@ mod tests {
         assert_eq!(s.services_file, dir.path().join("services.json"));
         assert_eq!(s.allowed_dirs, vec![dir.path().join("root"), dir.path().to_path_buf()]);
         assert_eq!(s.start_limit, 0);
+        assert_eq!(s.log_output, LogOutput::File);
     }
 
     #[test]
@@ -784,7 +785,7 @@ mod tests {
         let cfg = write(
             dir.path(),
             "config.yaml",
-            "SERVER_PORT: 0\nPUBLIC_CONF: nope.yaml\nSERVER_ADDR: host\nCOLOUR: red\n",
+            "SERVER_PORT: 0\nPUBLIC_CONF: nope.yaml\nSERVER_ADDR: host\nCOLOUR: red\nLOG_OUTPUT: journal\n",
         );
         let mut p = Problems::default();
         assert!(Settings::load(&cfg, &mut p).is_none());
@@ -796,6 +797,7 @@ mod tests {
             "SERVER_ADDR: \"host\" is not an IP address",
             "warning: ",
             "COLOUR: unknown key",
+            "LOG_OUTPUT: \"journal\" is not one of file, pipe",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
