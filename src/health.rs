@@ -124,7 +124,7 @@ async fn run_command(mut cmd: Command, timeout: Duration, reaper: &Reaper, log: 
         Err(e) => return Outcome::failed(format!("cannot capture output: {e}")),
     };
     cmd.stdin(Stdio::null()).stdout(write_end).stderr(err);
-    let spawned = match reaper.spawn(&mut cmd) {
+    let spawned = match reaper.spawn(&mut cmd, crate::reaper::Life::Command) {
         Ok(s) => s,
         Err(e) => return Outcome::failed(format!("cannot run the check: {e}")),
     };

@@ -116,6 +116,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<ShutdownReport, StartupError> {
     let settings = Arc::new(settings);
+    // While the descriptor table is nearly empty: the low numbers every spawn's child keeps.
+    spawn::reserve_slots();
     std::fs::create_dir_all(&settings.log_dir).map_err(|source| StartupError::Setup { what: "LOG_DIR", source })?;
     match process::raise_nofile_limit() {
         Ok((before, after)) if after > before => tracing::info!("open-file limit raised from {before} to {after}"),
@@ -135,7 +137,6 @@ pub async fn run(
     if let Err(e) = process::become_subreaper() {
         tracing::warn!("cannot become a child subreaper ({e}); daemonised programs are watched by pidfd only");
     }
-    let reaper = reaper::Reaper::start().map_err(|source| StartupError::Setup { what: "SIGCHLD handling", source })?;
     // Handlers are installed before the first service starts, so no stop signal is ever missed.
     let signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|source| StartupError::Setup { what: "signal handling", source })?;
@@ -155,6 +156,11 @@ pub async fn run(
         }
     }
     let cgroups = open_cgroups(&settings)?;
+    // With cgroups every program's end is seen by its cgroup, which reaps it by pid: the walk over
+    // every child waits (see `reaper`).
+    let walk_defer = cgroups.as_ref().map(|_| reaper::WALK_DEFER);
+    let reaper = reaper::Reaper::start_deferring(walk_defer)
+        .map_err(|source| StartupError::Setup { what: "SIGCHLD handling", source })?;
     let (sup, supervisor_done) = Supervisor::start(settings.clone(), store.clone(), reaper, cgroups, shutdown.clone())?;
     tokio::spawn(async {
         let mut every = tokio::time::interval(logfile::SWEEP_EVERY);

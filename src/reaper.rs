@@ -6,6 +6,15 @@
 //! Spawning and registering the pid happen under the same lock as reaping, so an exit can never be
 //! collected before its waiter is known. Adopted orphans (daemonised programs) are just reaped; their
 //! services learn of the death through a pidfd (`process::wait_exit`).
+//!
+//! With cgroups the walk waits ([`Reaper::start_deferring`]): `waitpid(-1)` looks at every child
+//! (0.1–0.2 ms a call with a thousand programs, two calls a SIGCHLD), and it ran on the runtime
+//! thread between a program's death and its restart. There every program's end is seen by its
+//! cgroup emptying, whose watch reaps the members by pid ([`Reaper::collect`]: a wait for one pid
+//! is O(1) since Linux 5.14); commands (control scripts, checks) are looked for by pid at every
+//! SIGCHLD while few are running; the walk follows a little later for everything else (a helper a
+//! program left behind) and serves every SIGCHLD of that moment. Without cgroups nothing else would
+//! see a death: every SIGCHLD walks at once.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,11 +22,13 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use signal_hook::consts::SIGCHLD;
-use signal_hook_tokio::Signals;
+use signal_hook::iterator::exfiltrator::WithRawSiginfo;
+use signal_hook_tokio::SignalsInfo;
 use tokio::sync::oneshot;
 
 /// How a process ended.
@@ -51,10 +62,23 @@ pub struct Spawned {
     pub exit: oneshot::Receiver<Exit>,
 }
 
+/// What a spawned child is to the reaper: how its exit is looked for when walks are deferred.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Life {
+    /// A command expected to end soon (a control script, a check): looked for by pid at every
+    /// SIGCHLD.
+    Command,
+    /// A program: its exit is found when its cgroup empties ([`Reaper::collect`]), or by the walk.
+    Program,
+}
+
 /// Who waits for which pid, and the exits nobody waited for yet.
 #[derive(Default)]
 struct Table {
     waiters: HashMap<i32, Waiter>,
+    /// Children looked for by pid at every SIGCHLD while the walk is deferred: running commands,
+    /// and members of an emptied cgroup that were not yet zombies when it was seen empty.
+    expected: Vec<i32>,
     /// The last [`RECENT`] exits of processes nobody had claimed (adopted orphans: programs that
     /// control scripts daemonised), for a [`Reaper::claim`] that comes a moment late.
     recent: std::collections::VecDeque<(i32, Reaped)>,
@@ -85,16 +109,67 @@ impl Waiter {
 
 const RECENT: usize = 64;
 
+/// How long the walk over every child waits after a SIGCHLD where cgroups see the programs end.
+pub const WALK_DEFER: Duration = Duration::from_millis(100);
+
+/// With more children expected than this (a boot's or a shutdown's hundreds of scripts), a SIGCHLD
+/// walks at once: one walk is then cheaper than that many waits by pid.
+const EXPECTED_MAX: usize = 32;
+
 /// How long a launched child may take to reach its exec.
 const EXEC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Table {
     /// Makes the spawner of `pid` its waiter; a recent exit under that pid was another process's.
-    fn register(&mut self, pid: i32) -> Spawned {
+    fn register(&mut self, pid: i32, life: Life) -> Spawned {
         let (tx, rx) = oneshot::channel();
         self.waiters.insert(pid, Waiter::Spawned(tx));
         self.recent.retain(|(p, _)| *p != pid);
+        if life == Life::Command {
+            self.expected.push(pid);
+        }
         Spawned { pid, exit: rx }
+    }
+
+    /// Hands the exit of `pid`, just reaped, to its waiter, or keeps it among the recent ones.
+    fn deliver(&mut self, pid: i32, exit: Exit) {
+        self.seq += 1;
+        let reaped = Reaped { seq: self.seq, exit };
+        self.unexpect(pid);
+        match self.waiters.remove(&pid) {
+            Some(Waiter::Spawned(tx)) => {
+                let _ = tx.send(exit);
+            }
+            Some(Waiter::Claimed(tx)) if !tx.is_closed() => {
+                let _ = tx.send(reaped);
+            }
+            _ => {
+                tracing::debug!(pid, %exit, "reaped an adopted process");
+                if self.recent.len() == RECENT {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back((pid, reaped));
+            }
+        }
+    }
+
+    fn unexpect(&mut self, pid: i32) {
+        if let Some(i) = self.expected.iter().position(|p| *p == pid) {
+            self.expected.swap_remove(i);
+        }
+    }
+
+    /// Reaps `pid` if it has exited: true when it is settled (reaped now, or no child of
+    /// air-nanny's to wait for), false while it runs.
+    fn reap_pid(&mut self, pid: i32) -> bool {
+        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(p, code)) => self.deliver(p.as_raw(), Exit::Code(code)),
+            Ok(WaitStatus::Signaled(p, sig, _)) => self.deliver(p.as_raw(), Exit::Signal(sig as i32)),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => return false,
+            // ECHILD: not a child of air-nanny's (its own parent reaps it), or reaped already.
+            Err(_) => self.unexpect(pid),
+        }
+        true
     }
 }
 
@@ -115,28 +190,100 @@ static WAITERS: OnceLock<Mutex<Table>> = OnceLock::new();
 #[derive(Clone)]
 pub struct Reaper {
     waiters: &'static Mutex<Table>,
+    /// How long the walk over every child waits after a SIGCHLD (`None`: it runs at once).
+    defer: Option<Duration>,
 }
 
 impl Reaper {
-    /// Installs the SIGCHLD handler and starts the reaping task. Call inside the runtime, before any
-    /// child is spawned. The task lives as long as the runtime: children must be reaped until the end.
+    /// Installs the SIGCHLD handler and starts the reaping task, which walks every child at every
+    /// SIGCHLD. Call inside the runtime, before any child is spawned. The task lives as long as the
+    /// runtime: children must be reaped until the end.
     pub fn start() -> io::Result<Reaper> {
-        let mut signals = Signals::new([SIGCHLD])?;
-        let reaper = Reaper { waiters: WAITERS.get_or_init(Default::default) };
+        Self::start_deferring(None)
+    }
+
+    /// [`Reaper::start`], with the walk `defer`red (see the module documentation): only where
+    /// every program's end is seen by its cgroup, whose watch calls [`Reaper::collect`].
+    pub fn start_deferring(defer: Option<Duration>) -> io::Result<Reaper> {
+        // With the pid each SIGCHLD names (the child that changed state; signals that arrive together
+        // are merged into one, so the walk still follows).
+        let mut signals = SignalsInfo::<WithRawSiginfo>::new([SIGCHLD])?;
+        let reaper = Reaper { waiters: WAITERS.get_or_init(Default::default), defer };
         let r = reaper.clone();
         tokio::spawn(async move {
             r.reap_all();
-            while signals.next().await.is_some() {
-                r.reap_all();
+            let mut walk_at: Option<tokio::time::Instant> = None;
+            loop {
+                let got = match walk_at {
+                    Some(at) => tokio::select! {
+                        got = signals.next() => got,
+                        () = tokio::time::sleep_until(at) => {
+                            walk_at = None;
+                            r.reap_all();
+                            continue;
+                        }
+                    },
+                    None => signals.next().await,
+                };
+                let Some(info) = got else { break };
+                // SAFETY: the kernel fills si_pid in for SIGCHLD, the only signal of this stream.
+                let named = unsafe { info.si_pid() };
+                match r.defer {
+                    Some(defer) if r.reap_expected(Some(named).filter(|p| *p > 0)) => {
+                        walk_at.get_or_insert_with(|| tokio::time::Instant::now() + defer);
+                    }
+                    _ => {
+                        walk_at = None;
+                        r.reap_all();
+                    }
+                }
             }
         });
         Ok(reaper)
     }
 
+    /// Reaps `named` (the child a SIGCHLD named) and the expected children that have exited, each
+    /// by pid; false (the expected ones left to a walk) when there are too many of them for that
+    /// to beat one.
+    fn reap_expected(&self, named: Option<i32>) -> bool {
+        let mut t = self.waiters.lock().expect("reaper lock");
+        if let Some(pid) = named {
+            t.reap_pid(pid);
+        }
+        if t.expected.len() > EXPECTED_MAX {
+            return false;
+        }
+        let mut i = 0;
+        while i < t.expected.len() {
+            let pid = t.expected[i];
+            // A settled pid has left the list (swap_remove): look at the same index again.
+            if !t.reap_pid(pid) {
+                i += 1;
+            }
+        }
+        true
+    }
+
+    /// Reaps those of `pids` (a cgroup's members, seen gone) that are air-nanny's children and
+    /// have exited, each by its pid, without waiting for the deferred walk; the ones not yet
+    /// zombies (a cgroup is marked empty a moment before the parent is told) are looked for at the
+    /// next SIGCHLDs. Nothing to do where every SIGCHLD walks.
+    pub fn collect(&self, pids: &[i32]) {
+        if self.defer.is_none() {
+            return;
+        }
+        let mut t = self.waiters.lock().expect("reaper lock");
+        for &pid in pids {
+            if !t.reap_pid(pid) && !t.expected.contains(&pid) {
+                t.expected.push(pid);
+            }
+        }
+    }
+
     /// Spawns `cmd` in its own process group (whose id is its pid), so that it and everything it
     /// starts can be signalled together, and a terminal's Ctrl-C never reaches it. The caller must
     /// never wait for it any other way.
-    pub fn spawn(&self, cmd: &mut Command) -> io::Result<Spawned> {
+    pub fn spawn(&self, cmd: &mut Command, life: Life) -> io::Result<Spawned> {
         scrub_env(cmd);
         // A process group rather than a pre_exec setsid: std can then use posix_spawn (vfork), which
         // is what keeps a respawn near a millisecond.
@@ -147,7 +294,7 @@ impl Reaper {
         let pid = child.id() as i32;
         // Dropping a std Child neither waits nor kills: the reaper owns its exit from here.
         drop(child);
-        Ok(table.register(pid))
+        Ok(table.register(pid, life))
     }
 
     /// Spawns `cmd` born in `cgroup` (see [`crate::spawn::launch_into`]), output to `output`, as
@@ -160,6 +307,7 @@ impl Reaper {
         output: std::os::fd::BorrowedFd<'_>,
         cgroup: &crate::cgroup::ServiceCgroup,
         user: Option<(u32, u32)>,
+        life: Life,
     ) -> io::Result<Spawned> {
         scrub_env(cmd);
         let extras = crate::spawn::Extras { user, nofile: crate::process::child_nofile_limit() };
@@ -169,7 +317,7 @@ impl Reaper {
             let (spawned, launch) = {
                 let mut table = self.waiters.lock().expect("reaper lock");
                 let launch = crate::spawn::launch_into(cmd, output, cgroup, extras)?;
-                (table.register(launch.pid), launch)
+                (table.register(launch.pid, life), launch)
             };
             let pid = launch.pid;
             // An exec that never completes (an executable on a hung network mount) must not hold
@@ -248,23 +396,7 @@ impl Reaper {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => continue,
             };
-            waiters.seq += 1;
-            let reaped = Reaped { seq: waiters.seq, exit };
-            match waiters.waiters.remove(&pid) {
-                Some(Waiter::Spawned(tx)) => {
-                    let _ = tx.send(exit);
-                }
-                Some(Waiter::Claimed(tx)) if !tx.is_closed() => {
-                    let _ = tx.send(reaped);
-                }
-                _ => {
-                    tracing::debug!(pid, %exit, "reaped an adopted process");
-                    if waiters.recent.len() == RECENT {
-                        waiters.recent.pop_front();
-                    }
-                    waiters.recent.push_back((pid, reaped));
-                }
-            }
+            waiters.deliver(pid, exit);
         }
     }
 }
@@ -283,14 +415,14 @@ mod tests {
         let mut waits = Vec::new();
         for i in 0..200 {
             let code = i % 3;
-            let s = reaper.spawn(Command::new("sh").arg("-c").arg(format!("exit {code}"))).unwrap();
+            let s = reaper.spawn(Command::new("sh").arg("-c").arg(format!("exit {code}")), Life::Command).unwrap();
             waits.push((code, s));
         }
         for (code, s) in waits {
             let exit = tokio::time::timeout(std::time::Duration::from_secs(10), s.exit).await.unwrap().unwrap();
             assert_eq!(exit, Exit::Code(code));
         }
-        let s = reaper.spawn(Command::new("sh").arg("-c").arg("kill -9 $$")).unwrap();
+        let s = reaper.spawn(Command::new("sh").arg("-c").arg("kill -9 $$"), Life::Command).unwrap();
         assert_eq!(s.exit.await.unwrap(), Exit::Signal(9));
         // An orphan (a grandchild whose parent has exited) is reparented to us only when we are a
         // subreaper; claimed before or after its death, its exit reaches the claim.
@@ -298,7 +430,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("pid");
         let script = format!("sleep 0.2 & echo $! > {}", pidfile.display());
-        let s = reaper.spawn(Command::new("sh").arg("-c").arg(&script)).unwrap();
+        let s = reaper.spawn(Command::new("sh").arg("-c").arg(&script), Life::Command).unwrap();
         assert_eq!(s.exit.await.unwrap(), Exit::Code(0));
         let orphan: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
         let claim = reaper.claim(orphan).expect("nobody waits for it");
@@ -308,7 +440,7 @@ mod tests {
         // The grandchild outlives its parent shell: one that died first could be reaped by that
         // shell, and its exit would never reach air-nanny (seen as a rare hang of this test).
         let script = format!("sh -c 'sleep 0.1; exit 7' & echo $! > {}", pidfile.display());
-        let s = reaper.spawn(Command::new("sh").arg("-c").arg(&script)).unwrap();
+        let s = reaper.spawn(Command::new("sh").arg("-c").arg(&script), Life::Command).unwrap();
         assert_eq!(s.exit.await.unwrap(), Exit::Code(0));
         let orphan: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -358,7 +490,11 @@ mod tests {
         cg.create().unwrap();
         let out = std::fs::File::create("/dev/null").unwrap();
         let out = std::os::fd::AsFd::as_fd(&out);
-        let e = reaper.launch_into(&mut Command::new("/nonexistent/script"), out, &cg, None).await.err().unwrap();
+        let e = reaper
+            .launch_into(&mut Command::new("/nonexistent/script"), out, &cg, None, Life::Command)
+            .await
+            .err()
+            .unwrap();
         assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
         for round in 0..2 {
             if round == 1 {
@@ -367,7 +503,7 @@ mod tests {
             }
             let mut cmd = Command::new("/bin/sh");
             cmd.args(["-c", "grep -q launch.test /proc/self/cgroup && exit 7"]);
-            let s = reaper.launch_into(&mut cmd, out, &cg, None).await.unwrap();
+            let s = reaper.launch_into(&mut cmd, out, &cg, None, Life::Command).await.unwrap();
             let exit = tokio::time::timeout(std::time::Duration::from_secs(10), s.exit).await.unwrap().unwrap();
             assert_eq!(exit, Exit::Code(7), "round {round}");
         }
@@ -383,7 +519,8 @@ mod tests {
     #[tokio::test]
     async fn children_get_their_own_process_group() {
         let reaper = Reaper::start().unwrap();
-        let s = reaper.spawn(Command::new("sh").arg("-c").arg("[ $(ps -o pgid= -p $$) -eq $$ ]")).unwrap();
+        let s =
+            reaper.spawn(Command::new("sh").arg("-c").arg("[ $(ps -o pgid= -p $$) -eq $$ ]"), Life::Command).unwrap();
         assert_eq!(s.exit.await.unwrap(), Exit::Code(0));
     }
 }

@@ -28,7 +28,7 @@ use crate::health;
 use crate::ledger::Ledger;
 use crate::logfile::ServiceLog;
 use crate::process::{self, Held, ProcTable};
-use crate::reaper::{Exit, Reaper};
+use crate::reaper::{Exit, Life, Reaper};
 
 /// Requests and events a service task can hold before a request is refused as busy. The task
 /// drains its queue at once (it never awaits an action), so this is only reached by a flood.
@@ -950,6 +950,8 @@ fn watch_cgroup(
                 }
             }
             if pids.is_empty() {
+                // Every process that was seen in it has ended: reaped by pid now (see `reaper`).
+                reaper.collect(&claimed);
                 break;
             }
             if pids != known {
@@ -989,7 +991,8 @@ fn direct_command(ctx: &Ctx, paths: &Resolved) -> Result<(Command, Option<(u32, 
 /// Direct mode without cgroups: the program as the service's child, at once (std's posix_spawn).
 fn start_direct(ctx: &Ctx, paths: &Resolved) -> Result<crate::reaper::Spawned, String> {
     let (cmd, user) = direct_command(ctx, paths)?;
-    spawn_logged(ctx, cmd, user).map_err(|e| spawn_error("script.programFilePath", &paths.program, &paths.work_dir, e))
+    spawn_logged(ctx, cmd, user, Life::Program)
+        .map_err(|e| spawn_error("script.programFilePath", &paths.program, &paths.work_dir, e))
 }
 
 /// Direct mode with cgroups: the program forked into its cgroup, its exec awaited beside the
@@ -997,7 +1000,7 @@ fn start_direct(ctx: &Ctx, paths: &Resolved) -> Result<crate::reaper::Spawned, S
 async fn launch_direct(ctx: &Ctx, paths: &Resolved) -> Result<crate::reaper::Spawned, String> {
     let Some(o) = &ctx.owned else { return start_direct(ctx, paths) };
     let (cmd, user) = direct_command(ctx, paths)?;
-    launch_logged(ctx, o, cmd, user)
+    launch_logged(ctx, o, cmd, user, Life::Program)
         .await
         .map_err(|e| spawn_error("script.programFilePath", &paths.program, &paths.work_dir, e))
 }
@@ -1398,8 +1401,8 @@ async fn spawn_script(ctx: &Ctx, paths: &Resolved, arg: &str) -> Result<crate::r
         .env(process::OWNER_VAR, ctx.tag());
     let spawned = match &ctx.owned {
         // In the cgroup, without holding up the runtime until the script has exec'd.
-        Some(o) => launch_logged(ctx, o, cmd, None).await,
-        None => spawn_logged(ctx, cmd, None),
+        Some(o) => launch_logged(ctx, o, cmd, None, Life::Command).await,
+        None => spawn_logged(ctx, cmd, None, Life::Command),
     };
     spawned.map_err(|e| spawn_error("script.execPath", script, &paths.work_dir, e))
 }
@@ -1411,15 +1414,21 @@ async fn launch_logged(
     o: &Owned,
     mut cmd: Command,
     user: Option<(u32, u32)>,
+    life: Life,
 ) -> std::io::Result<crate::reaper::Spawned> {
     let out = ctx.log.output()?;
-    ctx.reaper.launch_into(&mut cmd, std::os::fd::AsFd::as_fd(&out), &o.cg, user).await
+    ctx.reaper.launch_into(&mut cmd, std::os::fd::AsFd::as_fd(&out), &o.cg, user, life).await
 }
 
 /// Spawns `cmd` with its output into the service's log, as `user` (uid, gid) when given: the
 /// fallback mode's spawn (with cgroups, children are launched into their cgroup by
 /// `Reaper::launch_into`, see `spawn.rs`).
-fn spawn_logged(ctx: &Ctx, mut cmd: Command, user: Option<(u32, u32)>) -> std::io::Result<crate::reaper::Spawned> {
+fn spawn_logged(
+    ctx: &Ctx,
+    mut cmd: Command,
+    user: Option<(u32, u32)>,
+    life: Life,
+) -> std::io::Result<crate::reaper::Spawned> {
     let out = ctx.log.output()?;
     let err = out.try_clone()?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
@@ -1427,7 +1436,7 @@ fn spawn_logged(ctx: &Ctx, mut cmd: Command, user: Option<(u32, u32)>) -> std::i
         use std::os::unix::process::CommandExt;
         cmd.uid(uid).gid(gid);
     }
-    ctx.reaper.spawn(&mut cmd)
+    ctx.reaper.spawn(&mut cmd, life)
 }
 
 /// A spawn failure, naming the field at fault: a missing working directory is not the program's.
