@@ -220,6 +220,18 @@ struct ChildFds {
     unshare_below: Option<RawFd>,
 }
 
+impl ChildFds {
+    /// The descriptors at their own numbers, in a child that gets a copy of the whole table.
+    fn copied(prepared: &Prepared, report: &OwnedFd) -> ChildFds {
+        ChildFds {
+            stdin: prepared.stdin.as_raw_fd(),
+            output: prepared.output.as_raw_fd(),
+            report: report.as_raw_fd(),
+            unshare_below: None,
+        }
+    }
+}
+
 impl Flight {
     fn new(prepared: &Arc<Prepared>, procs: Option<RawFd>, fds: ChildFds, stack: Option<Stack>) -> Box<Flight> {
         Box::new(Flight { prepared: Arc::clone(prepared), stack, procs, fds })
@@ -488,12 +500,7 @@ impl Prepared {
                             unshare_below: Some(sl.below()),
                         }
                     }
-                    None => ChildFds {
-                        stdin: this.stdin.as_raw_fd(),
-                        output: this.output.as_raw_fd(),
-                        report: report_w.as_raw_fd(),
-                        unshare_below: None,
-                    },
+                    None => ChildFds::copied(this, &report_w),
                 };
                 let flight = Flight::new(this, None, fds, Some(stack));
                 let mut pidfd: libc::c_int = -1;
@@ -547,13 +554,7 @@ impl Prepared {
                 (ret, flight)
             }
             Birth::Move(procs) => {
-                let fds = ChildFds {
-                    stdin: this.stdin.as_raw_fd(),
-                    output: this.output.as_raw_fd(),
-                    report: report_w.as_raw_fd(),
-                    unshare_below: None,
-                };
-                let flight = Flight::new(this, Some(procs.as_raw_fd()), fds, None);
+                let flight = Flight::new(this, Some(procs.as_raw_fd()), ChildFds::copied(this, &report_w), None);
                 // SAFETY: clone with only the exit signal and no stack is fork(2) (the argument
                 // order differs between architectures, but every other argument is 0): the child
                 // continues here on a copy of this memory, and only runs `child`, which never
