@@ -38,6 +38,10 @@ def wait_until(what, timeout, fn, step=0.001):
         time.sleep(step)
 
 
+# Spare programs for script mode's baseline: one per sample of a benchmark's usual kill count.
+SPARES = 32
+
+
 class Setup:
     """A temp directory with config, services.json, N programs and (script mode) a control script."""
 
@@ -51,9 +55,16 @@ class Setup:
         self.names = [f"svc{i:04d}" for i in range(n)]
         for name in self.names:
             os.link(program, os.path.join(self.root, "bin", name))
-        # A program no service names: the control script run by hand beside air-nanny (script
-        # mode's baseline, timed at the same moments as the respawns).
-        os.link(program, os.path.join(self.root, "bin", "spare"))
+        # Programs no service names: the control script run by hand beside air-nanny (script mode's
+        # baseline, timed at the same moments as the respawns). Each sample takes the next one, with
+        # a pid file written now, as the services' were at boot: a respawn meets its service's files
+        # cold (the pid file the script truncates, the program's name), and so must the baseline —
+        # one spare run again and again had them hot, 0.1–0.3 ms of the script's time.
+        self.spares = [f"spare{i:02d}" for i in range(SPARES)]
+        for name in self.spares:
+            os.link(program, os.path.join(self.root, "bin", name))
+            with open(os.path.join(self.dir, "run", f"{name}.pid"), "w") as f:
+                f.write("0\n")
         self.port = free_port()
         self.cgroup_base = f"/air-nanny-bench/{os.getpid()}-{self.port}"
         with open(os.path.join(self.dir, "public.yaml"), "w") as f:
@@ -93,6 +104,10 @@ esac
             services.append(svc)
         with open(os.path.join(self.dir, "services.json"), "w") as f:
             json.dump(services, f)
+
+    def spare(self, i):
+        """The program of the `i`th baseline sample (see `spares`)."""
+        return self.spares[i % len(self.spares)]
 
     def starts(self):
         """{name: [(pid, ns)]} from the programs' own records."""
@@ -241,7 +256,7 @@ class Nanny:
         lat, base, last_kill = [], [], {}
         for i in range(count):
             if paired and i % 2 == 0:
-                base.append(script_run(self.s, "spare"))
+                base.append(script_run(self.s, self.s.spare(len(base))))
             name = self.s.names[(i * 7919) % self.s.n]
             # With fewer services than kills, a service is killed again only after a run long enough
             # (RESTART_BACKOFF_RESET) to reset its backoff: every sample is a first restart.
@@ -260,7 +275,7 @@ class Nanny:
             # Let air-nanny settle (the next kill is a different service: first restart, no backoff).
             wait_until("the task to be running again", 30, lambda: self.task_running(name), step=0.005)
             if paired and i % 2 == 1:
-                base.append(script_run(self.s, "spare"))
+                base.append(script_run(self.s, self.s.spare(len(base))))
         return (lat, base) if paired else lat
 
     def task_running(self, name):
@@ -301,12 +316,16 @@ def wrk(url, seconds, conns):
 
 def script_run(setup, name):
     """The control script run by hand for program `name`: ms from its start to the program's own
-    start record; then stopped, and waited for until it is gone."""
+    start record; then stopped, and waited for until it is gone. The record is watched while the
+    script runs, as a respawn's is: the benchmark's polling then competes with the same processes
+    on both sides (waiting for the script's exit first left its two cores to the script alone)."""
     env = dict(os.environ, AIR_NANNY_SERVICE=name, AIR_NANNY_PROGRAM=os.path.join(setup.root, "bin", name))
     tail = RecordTail(setup.rec)
     t0 = time.time_ns()
-    subprocess.run([setup.script, "start"], env=env, check=True)
+    script = subprocess.Popen([setup.script, "start"], env=env)
     new = wait_until(f"{name} started by hand", 10, lambda: tail.start_of(name))
+    if script.wait() != 0:
+        raise SystemExit(f"bench: {setup.script} start exited {script.returncode}")
     subprocess.run([setup.script, "stop"], env=env, check=True)
     wait_until(f"{name} to stop", 10, lambda: not os.path.exists(f"/proc/{new[0]}") or zombie(new[0]))
     return (new[1] - t0) / 1e6

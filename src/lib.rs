@@ -118,6 +118,7 @@ pub async fn run(
     let settings = Arc::new(settings);
     // While the descriptor table is nearly empty: the low numbers every spawn's child keeps.
     spawn::reserve_slots();
+    spawn::keep_environment();
     std::fs::create_dir_all(&settings.log_dir).map_err(|source| StartupError::Setup { what: "LOG_DIR", source })?;
     match process::raise_nofile_limit() {
         Ok((before, after)) if after > before => tracing::info!("open-file limit raised from {before} to {after}"),
