@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
@@ -60,6 +61,60 @@ impl fmt::Display for Exit {
 pub struct Spawned {
     pub pid: i32,
     pub exit: oneshot::Receiver<Exit>,
+}
+
+/// A child cloned by [`Reaper::begin_launch`], its exec not yet confirmed.
+pub struct Launching {
+    reaper: Reaper,
+    /// Kept for a second clone, moved in, where the cgroup turns out to have been killed before.
+    cmd: Command,
+    output: OwnedFd,
+    cgroup: crate::cgroup::ServiceCgroup,
+    extras: crate::spawn::Extras,
+    life: Life,
+    child: (Spawned, crate::spawn::Launch),
+}
+
+impl Launching {
+    /// The child's pid (also its process group).
+    pub fn pid(&self) -> i32 {
+        self.child.1.pid
+    }
+
+    /// Awaits the child's exec: the spawned child, or why it did not run.
+    pub async fn landed(self) -> io::Result<Spawned> {
+        let Launching { reaper, cmd, output, cgroup, extras, life, mut child } = self;
+        loop {
+            let (spawned, launch) = child;
+            let pid = launch.pid;
+            // An exec that never completes (an executable on a hung network mount) must not hold
+            // the start, or a stop waiting for it, forever: bounded, and the child killed.
+            let exec = match tokio::time::timeout(EXEC_TIMEOUT, launch.exec()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    // Only while it is unreaped: its pid is still its own.
+                    if reaper.waiters.lock().expect("reaper lock").waiters.contains_key(&pid) {
+                        let _ =
+                            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    }
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the exec did not complete within {}s; the child was killed", EXEC_TIMEOUT.as_secs()),
+                    ));
+                }
+            };
+            match exec {
+                Ok(()) => return Ok(spawned),
+                // Its cgroup had been killed before (the kernel kills children cloned into it):
+                // nothing of it ran; again, moved in.
+                Err(crate::spawn::ExecError::KilledAtBirth) if !cgroup.was_killed() => {
+                    cgroup.mark_killed();
+                    child = reaper.clone_into(&cmd, output.as_fd(), &cgroup, extras, life)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
 }
 
 /// What a spawned child is to the reaper: how its exit is looked for when walks are deferred.
@@ -303,47 +358,45 @@ impl Reaper {
     /// one execs.
     pub async fn launch_into(
         &self,
-        cmd: &mut Command,
-        output: std::os::fd::BorrowedFd<'_>,
+        cmd: Command,
+        output: OwnedFd,
         cgroup: &crate::cgroup::ServiceCgroup,
         user: Option<(u32, u32)>,
         life: Life,
     ) -> io::Result<Spawned> {
-        scrub_env(cmd);
+        self.begin_launch(cmd, output, cgroup, user, life)?.landed().await
+    }
+
+    /// [`Reaper::launch_into`]'s clone, now: the child is on its way to its exec when this
+    /// returns, and [`Launching::landed`] awaits the exec. A respawn clones first and writes its
+    /// notes after, while the child execs.
+    pub fn begin_launch(
+        &self,
+        mut cmd: Command,
+        output: OwnedFd,
+        cgroup: &crate::cgroup::ServiceCgroup,
+        user: Option<(u32, u32)>,
+        life: Life,
+    ) -> io::Result<Launching> {
+        scrub_env(&mut cmd);
         let extras = crate::spawn::Extras { user, nofile: crate::process::child_nofile_limit() };
-        loop {
-            // Registered before anything can reap it; a child that fails is reaped by the reaper
-            // and its exit dropped with `spawned`.
-            let (spawned, launch) = {
-                let mut table = self.waiters.lock().expect("reaper lock");
-                let launch = crate::spawn::launch_into(cmd, output, cgroup, extras)?;
-                (table.register(launch.pid, life), launch)
-            };
-            let pid = launch.pid;
-            // An exec that never completes (an executable on a hung network mount) must not hold
-            // the start, or a stop waiting for it, forever: bounded, and the child killed.
-            let exec = match tokio::time::timeout(EXEC_TIMEOUT, launch.exec()).await {
-                Ok(r) => r,
-                Err(_) => {
-                    // Only while it is unreaped: its pid is still its own.
-                    if self.waiters.lock().expect("reaper lock").waiters.contains_key(&pid) {
-                        let _ =
-                            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                    }
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("the exec did not complete within {}s; the child was killed", EXEC_TIMEOUT.as_secs()),
-                    ));
-                }
-            };
-            match exec {
-                Ok(()) => return Ok(spawned),
-                // Its cgroup had been killed before (the kernel kills children cloned into it):
-                // nothing of it ran; again, moved in.
-                Err(crate::spawn::ExecError::KilledAtBirth) if !cgroup.was_killed() => cgroup.mark_killed(),
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let child = self.clone_into(&cmd, output.as_fd(), cgroup, extras, life)?;
+        Ok(Launching { reaper: self.clone(), cmd, output, cgroup: cgroup.clone(), extras, life, child })
+    }
+
+    /// Clones the child, registered before anything can reap it (a child that fails is reaped by
+    /// the reaper and its exit dropped with the [`Spawned`]).
+    fn clone_into(
+        &self,
+        cmd: &Command,
+        output: BorrowedFd<'_>,
+        cgroup: &crate::cgroup::ServiceCgroup,
+        extras: crate::spawn::Extras,
+        life: Life,
+    ) -> io::Result<(Spawned, crate::spawn::Launch)> {
+        let mut table = self.waiters.lock().expect("reaper lock");
+        let launch = crate::spawn::launch_into(cmd, output, cgroup, extras)?;
+        Ok((table.register(launch.pid, life), launch))
     }
 
     /// Holds `pid`, a child spawned through this reaper, by a pidfd: exact, because a child whose
@@ -488,10 +541,9 @@ mod tests {
         let reaper = Reaper::start().unwrap();
         let cg = h.service("launch.test");
         cg.create().unwrap();
-        let out = std::fs::File::create("/dev/null").unwrap();
-        let out = std::os::fd::AsFd::as_fd(&out);
+        let out = OwnedFd::from(std::fs::File::create("/dev/null").unwrap());
         let e = reaper
-            .launch_into(&mut Command::new("/nonexistent/script"), out, &cg, None, Life::Command)
+            .launch_into(Command::new("/nonexistent/script"), out.try_clone().unwrap(), &cg, None, Life::Command)
             .await
             .err()
             .unwrap();
@@ -503,7 +555,7 @@ mod tests {
             }
             let mut cmd = Command::new("/bin/sh");
             cmd.args(["-c", "grep -q launch.test /proc/self/cgroup && exit 7"]);
-            let s = reaper.launch_into(&mut cmd, out, &cg, None, Life::Command).await.unwrap();
+            let s = reaper.launch_into(cmd, out.try_clone().unwrap(), &cg, None, Life::Command).await.unwrap();
             let exit = tokio::time::timeout(std::time::Duration::from_secs(10), s.exit).await.unwrap().unwrap();
             assert_eq!(exit, Exit::Code(7), "round {round}");
         }

@@ -42,6 +42,12 @@ fn a_kill_a_failing_check_and_an_operator_stop_are_in_the_history_across_restart
     let t = n.task("tele");
     assert_eq!(t["LastExit"], "killed by SIGKILL", "{t}");
     assert!(t["LastExitTime"].as_u64().is_some(), "{t}");
+    // The respawn's notes are written after its clone (see `Later` in the service task), still in
+    // the order they were decided: the end, the restart, the start command.
+    let log = f.log("tele");
+    let after = &log[log.find("program ended (killed by SIGKILL)").unwrap_or_else(|| panic!("{log}"))..];
+    let restarting = after.find("restarting now (the program ended)").unwrap_or_else(|| panic!("{log}"));
+    assert!(after[restarting..].contains("[air-nanny] start: "), "{log}");
 
     // 2. A health check that starts failing: the streak and the check's output are visible, then
     // `unhealthy` while it is stopped for its restart.
