@@ -62,4 +62,26 @@ async fn with_the_walk_deferred_no_exit_waits_for_it() {
         assert_eq!(exit.unwrap(), Exit::Code(i));
     }
     assert!(started.elapsed() < defer);
+
+    // A program collected once it is a zombie: its exit is handed over at once, and the zombie is
+    // left to the SIGCHLD that names it (the kernel's release of it then comes after the restart
+    // this exit lets go ahead), reaped then, and nothing of it is delivered again.
+    let mut ended = reaper.spawn(Command::new("sh").args(["-c", "exit 6"]), Life::Program).unwrap();
+    // No await since the spawn: the reaper's task has not run, whatever its SIGCHLD.
+    until_zombie_or_gone(ended.pid);
+    assert!(zombie(ended.pid), "reaped before the collect");
+    reaper.collect(&[ended.pid]);
+    assert_eq!(ended.exit.try_recv().expect("the exit was not handed over at the collect"), Exit::Code(6));
+    assert!(zombie(ended.pid), "the collect reaped it: the restart would wait for the release");
+    let deadline = Instant::now() + soon;
+    while zombie(ended.pid) {
+        assert!(Instant::now() < deadline, "the zombie was left for the walk");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut late = reaper.claim(ended.pid).expect("nobody else waits for it");
+    assert!(late.try_recv().is_err(), "its exit was delivered twice");
+}
+
+fn zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
 }
