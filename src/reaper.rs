@@ -399,12 +399,12 @@ impl Reaper {
         user: Option<(u32, u32)>,
         life: Life,
     ) -> io::Result<Spawned> {
-        self.begin_launch(cmd, output, cgroup, user, life)?.landed().await
+        self.begin_launch(cmd, output, cgroup, user, life, false)?.landed().await
     }
 
     /// [`Reaper::launch_into`]'s clone, now: the child is on its way to its exec when this
     /// returns, and [`Launching::landed`] awaits the exec. A respawn clones first and writes its
-    /// notes after, while the child execs.
+    /// notes after, while the child execs, and `hurry`s (see [`crate::spawn::Extras::hurry`]).
     pub fn begin_launch(
         &self,
         mut cmd: Command,
@@ -412,9 +412,10 @@ impl Reaper {
         cgroup: &crate::cgroup::ServiceCgroup,
         user: Option<(u32, u32)>,
         life: Life,
+        hurry: bool,
     ) -> io::Result<Launching> {
         scrub_env(&mut cmd);
-        let extras = crate::spawn::Extras { user, nofile: crate::process::child_nofile_limit() };
+        let extras = crate::spawn::Extras { user, nofile: crate::process::child_nofile_limit(), hurry };
         let child = self.clone_into(&cmd, output.as_fd(), cgroup, extras, life)?;
         Ok(Launching { reaper: self.clone(), cmd, output, cgroup: cgroup.clone(), extras, life, child })
     }

@@ -75,6 +75,14 @@ pub struct Extras {
     pub user: Option<(u32, u32)>,
     /// The open-file limit to give the child (`None`: inherit air-nanny's).
     pub nofile: Option<(u64, u64)>,
+    /// A restart, whose child's exec is what the service waits for: once the child has a table of
+    /// its own, air-nanny yields its CPU (`sched_yield`), so that a child cloned onto air-nanny's
+    /// CPU goes on to its exec before air-nanny's own work after the clone (the restart's notes,
+    /// its bookkeeping) instead of waiting for it — woken by the child's first step, air-nanny
+    /// would otherwise take the CPU back from it at once. Where the child runs on another CPU, the
+    /// yield returns at once. Not for a boot's or a shutdown's many children: each would get the
+    /// CPU before the next is cloned (tried: bring-up and shutdown 5–9 % longer at N = 1000).
+    pub hurry: bool,
 }
 
 /// Spawns `cmd` (program, arguments, environment changes, working directory) as a child in its own
@@ -591,6 +599,10 @@ impl Prepared {
                         return Err(SpawnError::Child(e));
                     }
                     sl.release();
+                }
+                if this.extras.hurry {
+                    // SAFETY: no preconditions.
+                    unsafe { libc::sched_yield() };
                 }
                 (ret, flight)
             }
@@ -1402,7 +1414,7 @@ mod tests {
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-c", "id -u; id -g; id -G; ulimit -n; grep -E '^Sig(Ign|Blk)' /proc/self/status"]);
         let root = unsafe { libc::geteuid() } == 0;
-        let extras = Extras { user: root.then_some((65534, 65534)), nofile: Some((300, 400)) };
+        let extras = Extras { user: root.then_some((65534, 65534)), nofile: Some((300, 400)), hurry: false };
         let pid = spawn_into(&cmd, w.as_fd(), &cg, extras).unwrap();
         drop(w);
         let mut said = String::new();

@@ -682,6 +682,9 @@ impl ServiceTask {
     /// once), or runs the start command beside the task (script mode). The child is cloned here,
     /// before the notes of the step are written (`later`); its exec is awaited beside the task.
     fn start(&mut self, gen: u64, lookup: Lookup, later: &mut Vec<Later>) -> Option<Input> {
+        // A restart (the program known gone: after its death, a backoff or a clean stop), not a
+        // boot's or a start request's: its child is given air-nanny's CPU (`Extras::hurry`).
+        let hurry = matches!(lookup, Lookup::Absent);
         self.cancel_run();
         self.child = None;
         self.held.clear();
@@ -723,7 +726,7 @@ impl ServiceTask {
             // runtime: a boot forks the next program while the last one execs.
             let (slot, name) = (self.launched.clone(), self.info.name.clone());
             let tx = self.events.0.upgrade()?;
-            let begun = begin_direct(&ctx, &paths, later);
+            let begun = begin_direct(&ctx, &paths, hurry, later);
             tokio::spawn(async move {
                 let outcome = match landed_direct(begun, &paths).await {
                     Ok(spawned) => {
@@ -760,7 +763,7 @@ impl ServiceTask {
         if let Some(script) = &paths.script {
             later.push(Later::Log(format!("start: {} {command}", script.display())));
         }
-        let begun = begin_script(&ctx, &paths, &command);
+        let begun = begin_script(&ctx, &paths, &command, hurry);
         tokio::spawn(async move {
             let outcome = start_script(&ctx, &paths, begun, &token).await;
             let _ = tx.send(Msg::Event(Box::new(Input::Started { gen, outcome }))).await;
@@ -1026,11 +1029,11 @@ fn start_direct(ctx: &Ctx, paths: &Resolved, later: &mut Vec<Later>) -> Result<c
 
 /// Direct mode with cgroups: the program cloned into its cgroup now; [`landed_direct`] awaits its
 /// exec beside the runtime.
-fn begin_direct(ctx: &Ctx, paths: &Resolved, later: &mut Vec<Later>) -> Result<Launching, String> {
+fn begin_direct(ctx: &Ctx, paths: &Resolved, hurry: bool, later: &mut Vec<Later>) -> Result<Launching, String> {
     let Some(o) = &ctx.owned else { return Err("no cgroup to launch the program into".into()) };
     let (cmd, user, note) = direct_command(ctx, paths)?;
     later.push(Later::Log(note));
-    begin_logged(ctx, o, cmd, user, Life::Program)
+    begin_logged(ctx, o, cmd, user, Life::Program, hurry)
         .map_err(|e| spawn_error("script.programFilePath", &paths.program, &paths.work_dir, e))
 }
 
@@ -1426,7 +1429,7 @@ async fn run_script(ctx: &Ctx, paths: &Resolved, arg: &str, deadline: Instant) -
 }
 
 async fn spawn_script(ctx: &Ctx, paths: &Resolved, arg: &str) -> Result<crate::reaper::Spawned, String> {
-    landed_script(begin_script(ctx, paths, arg), paths).await
+    landed_script(begin_script(ctx, paths, arg, false), paths).await
 }
 
 /// A child of the control script, cloned (with cgroups, its exec still to be awaited) or spawned.
@@ -1449,7 +1452,7 @@ async fn landed_script(begun: Result<Begun, String>, paths: &Resolved) -> Result
 
 /// Starts the control script with `arg`: cloned into the service's cgroup now (its exec awaited by
 /// [`landed_script`]), or without cgroups spawned.
-fn begin_script(ctx: &Ctx, paths: &Resolved, arg: &str) -> Result<Begun, String> {
+fn begin_script(ctx: &Ctx, paths: &Resolved, arg: &str, hurry: bool) -> Result<Begun, String> {
     let Some(script) = paths.script.as_deref() else { return Err("no control script (direct mode)".into()) };
     let mut cmd = Command::new(script);
     if !arg.is_empty() {
@@ -1462,22 +1465,24 @@ fn begin_script(ctx: &Ctx, paths: &Resolved, arg: &str) -> Result<Begun, String>
         .env(process::OWNER_VAR, ctx.tag());
     let begun = match &ctx.owned {
         // In the cgroup, without holding up the runtime until the script has exec'd.
-        Some(o) => begin_logged(ctx, o, cmd, None, Life::Command).map(|l| Begun::Launching(Box::new(l))),
+        Some(o) => begin_logged(ctx, o, cmd, None, Life::Command, hurry).map(|l| Begun::Launching(Box::new(l))),
         None => spawn_logged(ctx, cmd, None, Life::Command).map(Begun::Spawned),
     };
     begun.map_err(|e| spawn_error("script.execPath", script, &paths.work_dir, e))
 }
 
 /// Clones `cmd` into the service's cgroup with its output into the service's log, as `user`
-/// (uid, gid) when given: the spawn with cgroups (see `Reaper::begin_launch`).
+/// (uid, gid) when given: the spawn with cgroups (see `Reaper::begin_launch`; `hurry` for a
+/// restart's child).
 fn begin_logged(
     ctx: &Ctx,
     o: &Owned,
     cmd: Command,
     user: Option<(u32, u32)>,
     life: Life,
+    hurry: bool,
 ) -> std::io::Result<Launching> {
-    ctx.reaper.begin_launch(cmd, ctx.log.output()?, &o.cg, user, life)
+    ctx.reaper.begin_launch(cmd, ctx.log.output()?, &o.cg, user, life, hurry)
 }
 
 /// Spawns `cmd` with its output into the service's log, as `user` (uid, gid) when given: the
