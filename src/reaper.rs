@@ -76,11 +76,6 @@ pub struct Launching {
 }
 
 impl Launching {
-    /// The child's pid (also its process group).
-    pub fn pid(&self) -> i32 {
-        self.child.1.pid
-    }
-
     /// Awaits the child's exec: the spawned child, or why it did not run.
     pub async fn landed(self) -> io::Result<Spawned> {
         let Launching { reaper, cmd, output, cgroup, extras, life, mut child } = self;

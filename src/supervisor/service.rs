@@ -721,12 +721,12 @@ impl ServiceTask {
             return Some(Input::Started { gen, outcome: StartOutcome::Running { pids: found, adopted: true } });
         }
         let ctx = self.ctx();
-        if self.info.is_direct() && self.owned.is_some() {
+        if let Some(o) = self.owned.as_ref().filter(|_| self.info.is_direct()) {
             // Forked into the cgroup beside the task, the exec confirmed without holding up the
             // runtime: a boot forks the next program while the last one execs.
             let (slot, name) = (self.launched.clone(), self.info.name.clone());
             let tx = self.events.0.upgrade()?;
-            let begun = begin_direct(&ctx, &paths, hurry, later);
+            let begun = begin_direct(&ctx, o, &paths, hurry, later);
             tokio::spawn(async move {
                 let outcome = match landed_direct(begun, &paths).await {
                     Ok(spawned) => {
@@ -1029,8 +1029,13 @@ fn start_direct(ctx: &Ctx, paths: &Resolved, later: &mut Vec<Later>) -> Result<c
 
 /// Direct mode with cgroups: the program cloned into its cgroup now; [`landed_direct`] awaits its
 /// exec beside the runtime.
-fn begin_direct(ctx: &Ctx, paths: &Resolved, hurry: bool, later: &mut Vec<Later>) -> Result<Launching, String> {
-    let Some(o) = &ctx.owned else { return Err("no cgroup to launch the program into".into()) };
+fn begin_direct(
+    ctx: &Ctx,
+    o: &Owned,
+    paths: &Resolved,
+    hurry: bool,
+    later: &mut Vec<Later>,
+) -> Result<Launching, String> {
     let (cmd, user, note) = direct_command(ctx, paths)?;
     later.push(Later::Log(note));
     begin_logged(ctx, o, cmd, user, Life::Program, hurry)
