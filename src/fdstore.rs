@@ -2,7 +2,9 @@
 //! into the service's log, and the pipe's read end is kept in systemd's file-descriptor store
 //! (`FDSTORE=1`). When air-nanny dies, the store still holds a reader: no program gets SIGPIPE, what
 //! it writes waits in the pipe (up to [`PIPE_BYTES`]; a program writing more then waits), and the
-//! next air-nanny, handed the read ends back (`LISTEN_FDS`), copies it on — nothing is lost.
+//! next air-nanny, handed the read ends back (`LISTEN_FDS`), copies it on — nothing is lost: the
+//! copy is a `splice` from the pipe to the file ([`ServiceLog::copy_from`]), so no byte is ever in
+//! air-nanny's memory alone when it is killed.
 //! Without a store (no systemd, or `FileDescriptorStoreMax=` unset) the output stays direct to the
 //! files: a pipe nobody else holds would kill its writers with its reader.
 //!
@@ -343,26 +345,17 @@ async fn copy(read: Arc<AsyncFd<OwnedFd>>, log: ServiceLog) {
     }
 }
 
-/// Appends what `fd` holds to `log`, at most `reads` reads: `Ok` when that many were made, a
-/// `WouldBlock` error when the pipe is empty, `UnexpectedEof` when every writer is gone.
+/// Moves what `fd` holds into `log` ([`ServiceLog::copy_from`]: in the kernel, nothing lost to a
+/// kill), at most `reads` chunks: `Ok` when that many were moved, a `WouldBlock` error when the
+/// pipe is empty, `UnexpectedEof` when every writer is gone.
 fn copy_available(fd: BorrowedFd<'_>, log: &ServiceLog, reads: usize) -> io::Result<()> {
-    let mut buf = [0u8; READ_CHUNK];
     let mut made = 0;
     while made < reads {
-        // SAFETY: read into a buffer we own, at most its length.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        match n {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            n if n > 0 => {
-                log.append(&buf[..n as usize]);
-                made += 1;
-            }
-            _ => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
+        match log.copy_from(fd, READ_CHUNK) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => made += 1,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
@@ -395,12 +388,22 @@ mod tests {
         assert!(parse_listen(Some("7"), Some("99999999"), None, 7).unwrap_err().contains("LISTEN_FDS"));
     }
 
-    /// The copy reads what is there and says when the pipe is empty or has no writer left; a
-    /// full file is rotated by renaming (air-nanny the only writer: nothing is lost).
+    /// The copy moves what is there and says when the pipe is empty or has no writer left; a
+    /// full file is rotated by renaming (air-nanny the only writer: nothing is lost). By `splice`,
+    /// and by a read and a write where the file system refuses it.
     #[tokio::test(flavor = "current_thread")]
     async fn a_pipe_is_copied_into_the_log_and_rotated_without_loss() {
+        for splice in [true, false] {
+            copied_and_rotated(splice);
+        }
+    }
+
+    fn copied_and_rotated(splice: bool) {
         let dir = tempfile::tempdir().unwrap();
         let log = ServiceLog::open(dir.path(), "svc", 4096, 2);
+        if !splice {
+            log.refuse_splice();
+        }
         let pipe = Arc::new(Pipe::fresh("out.svc".into()).unwrap());
         log.set_pipe(Some(pipe.clone()));
         let fd = pipe.read.get_ref().as_fd();
@@ -423,6 +426,7 @@ mod tests {
         for n in ["svc.log", "svc.log.1", "svc.log.2"] {
             assert!(std::fs::metadata(dir.path().join(n)).unwrap().len() <= 4096, "{n}");
         }
+        assert_eq!(log.splices(), splice, "the file system here splices");
         drop(w);
         log.set_pipe(None);
         let Pipe { write, read, .. } = Arc::try_unwrap(pipe).ok().unwrap();

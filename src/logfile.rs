@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +14,10 @@ use std::sync::{Arc, Mutex};
 struct Rotating {
     path: PathBuf,
     file: Option<File>,
+    /// The same file without `O_APPEND` (which `splice` refuses), for [`ServiceLog::copy_from`].
+    spliced: Option<File>,
+    /// The file system refused `splice` into this file: copies read and write instead.
+    no_splice: bool,
     max_bytes: u64,
     max_files: u32,
     /// The file's size when air-nanny last looked (`fstat`) plus what it has written since: what
@@ -62,6 +66,38 @@ impl Rotating {
         Ok(size > 0 && size + adding > self.max_bytes)
     }
 
+    /// `splice` from `pipe` to the file's end, at most `max` bytes: `None` when the file system
+    /// cannot (remembered: this file's copies read and write from then on). The end is
+    /// `at_least`, just asked of the kernel by [`full`](Self::full) (or 0 after a rotation).
+    fn splice_from(&mut self, pipe: BorrowedFd<'_>, max: usize) -> io::Result<Option<usize>> {
+        self.open()?;
+        let mut at = self.at_least as libc::loff_t;
+        if self.spliced.is_none() {
+            self.spliced = Some(OpenOptions::new().write(true).open(&self.path)?);
+        }
+        let to = self.spliced.as_ref().expect("opened above").as_raw_fd();
+        loop {
+            // SAFETY: splice between two descriptors we hold, with an offset we own.
+            let n = unsafe {
+                libc::splice(pipe.as_raw_fd(), std::ptr::null_mut(), to, &mut at, max, libc::SPLICE_F_NONBLOCK)
+            };
+            if n >= 0 {
+                self.at_least = at as u64;
+                return Ok(Some(n as usize));
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EINVAL) => {
+                    self.no_splice = true;
+                    self.spliced = None;
+                    return Ok(None);
+                }
+                _ => return Err(e),
+            }
+        }
+    }
+
     /// Rotates when the current file plus `adding` bytes would exceed the limit.
     fn rotate_if_full(&mut self, adding: u64) -> io::Result<()> {
         if self.full(adding)? {
@@ -81,6 +117,7 @@ impl Rotating {
             shift(&self.path, self.max_files)?;
             std::fs::rename(&self.path, numbered(&self.path, 1))?;
             self.file = None;
+            self.spliced = None;
             return Ok(());
         }
         shift_and_copy(&self.path, self.max_files)?;
@@ -142,6 +179,8 @@ impl ServiceLog {
             inner: Arc::new(Mutex::new(Rotating {
                 path: path.clone(),
                 file: None,
+                spliced: None,
+                no_splice: false,
                 max_bytes,
                 max_files,
                 at_least: 0,
@@ -171,6 +210,64 @@ impl ServiceLog {
             Ok(false) => {}
             Err(e) => tracing::warn!(file = %log.path.display(), "cannot write service log: {e}"),
         }
+    }
+
+    /// Moves what `pipe` holds, at most `max` bytes, to the end of the file: `Ok(0)` when every
+    /// writer is gone, a `WouldBlock` error when the pipe is empty (`pipe` is non-blocking).
+    ///
+    /// The bytes go from the pipe to the file inside the kernel (`splice`, at the file's size as
+    /// `fstat` gives it, through a descriptor without `O_APPEND`): a byte leaves the pipe only as
+    /// it enters the file, so a `kill -9` of air-nanny at any moment loses nothing — a read into
+    /// air-nanny's memory and a write out of it lost what lay between them. A file system that
+    /// cannot splice (`EINVAL`) gets the read and the write, and that window. A full file is rotated
+    /// first, as by [`append`](Self::append): a pipe's file is renamed, at once.
+    pub fn copy_from(&self, pipe: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
+        let mut log = self.inner.lock().expect("log lock");
+        let mut pending: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int; a failure leaves 0 (the splice then says why).
+        unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut pending) };
+        let adding = (pending.max(0) as usize).min(max) as u64;
+        let full = log.full(adding)?;
+        let rotate_now = full && (log.pipe.is_some() || tokio::runtime::Handle::try_current().is_err());
+        if rotate_now {
+            log.rotate()?;
+            log.at_least = 0;
+        }
+        let moved = if log.no_splice { None } else { log.splice_from(pipe, max)? };
+        let n = match moved {
+            Some(n) => n,
+            None => {
+                drop(log);
+                let mut buf = [0u8; 16 * 1024];
+                let len = max.min(buf.len());
+                // SAFETY: read into a buffer we own, at most its length.
+                let n = unsafe { libc::read(pipe.as_raw_fd(), buf.as_mut_ptr().cast(), len) };
+                if n < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let n = n as usize;
+                if n > 0 {
+                    self.append(&buf[..n]);
+                }
+                return Ok(n);
+            }
+        };
+        if full && !rotate_now {
+            self.rotate_soon(log);
+        }
+        Ok(n)
+    }
+
+    /// Copies read and write from now on, as where the file system cannot splice.
+    #[cfg(test)]
+    pub(crate) fn refuse_splice(&self) {
+        self.inner.lock().expect("log lock").no_splice = true;
+    }
+
+    /// Whether copies splice (the file system has not refused it).
+    #[cfg(test)]
+    pub(crate) fn splices(&self) -> bool {
+        !self.inner.lock().expect("log lock").no_splice
     }
 
     /// Rotates the full file: on a blocking-pool thread when there is a runtime (a copy of up to

@@ -243,6 +243,84 @@ fn with_pipes_in_the_fd_store_a_chatty_programs_output_survives_a_crash_without_
     }
 }
 
+/// A service's whole log, oldest file first, with air-nanny's own notes cut out: a note lands
+/// between two copies of the pipe, which may split one of the program's lines (the program's
+/// bytes are all there, in order, around it).
+fn program_output(f: &Fixture, service: &str, files: u32) -> String {
+    let mut all = String::new();
+    for i in (1..=files).rev() {
+        all += &std::fs::read_to_string(f.path(&format!("conf/logs/{service}.log.{i}"))).unwrap_or_default();
+    }
+    all += &f.log(service);
+    // A note: a 24-character timestamp, " [air-nanny] ", the message, a newline.
+    while let Some(at) = all.find(" [air-nanny] ") {
+        let end = all[at..].find('\n').map_or(all.len(), |e| at + e + 1);
+        all.replace_range(at.saturating_sub(24)..end, "");
+    }
+    all
+}
+
+/// The same with a program that writes as fast as it can (a shell loop of numbered lines), so
+/// that air-nanny is always in the middle of a copy when it is killed: four `kill -9`s, a rotation
+/// or more on the way, and the lines are all in the log, each once, in order. A copy that reads
+/// the pipe and then writes the file loses what it had read when the kill comes between the two.
+#[test]
+fn a_flood_of_output_survives_kill_9_after_kill_9_without_a_lost_or_doubled_line() {
+    for mode in modes("pipe flood") {
+        let f = Fixture::with_config(&format!("{mode}LOG_OUTPUT: pipe\nLOG_MAX_SIZE: 4194304\nLOG_MAX_FILES: 20\n"));
+        f.write("root/bin/flood", "#!/bin/sh\ni=0\nwhile :; do echo \"flood $i\"; i=$((i+1)); done\n");
+        std::fs::set_permissions(f.program_path("flood"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let mut flood = f.direct_service("flood", 0, &[]);
+        flood["script"]["programFilePath"] = json!("/bin/flood");
+        f.write_services(&json!([flood]));
+        let store = StandInStore::new(f.path("notify.sock"));
+        let env = store.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut n = f.start_with_env(&env);
+        let pid = n.wait_running("flood")[0];
+        wait_until(&format!("{mode}flood's pipe in the store"), Duration::from_secs(10), || {
+            (store.names() == ["out.flood"]).then_some(())
+        });
+        let written = || -> u64 {
+            let file = |i: u32| {
+                f.path(&if i == 0 { "conf/logs/flood.log".into() } else { format!("conf/logs/flood.log.{i}") })
+            };
+            (0..=20).filter_map(|i| std::fs::metadata(file(i)).ok()).map(|m| m.len()).sum()
+        };
+        for kill in 0..4 {
+            let size = written();
+            wait_until(&format!("{mode}flood copied on ({kill})"), Duration::from_secs(20), || {
+                (written() > size + (1 << 20)).then_some(())
+            });
+            n.kill9();
+            wait_until(
+                &format!("{mode}flood writing while air-nanny is dead ({kill})"),
+                Duration::from_secs(10),
+                || (store.pending("out.flood") > 64 * 1024).then_some(()),
+            );
+            n = f.start_handing_back(&store);
+            assert_eq!(n.wait_running("flood"), vec![pid], "{mode}: the same process, adopted");
+        }
+        let size = written();
+        wait_until(&format!("{mode}flood copied on at the end"), Duration::from_secs(20), || {
+            (written() > size + (1 << 20)).then_some(())
+        });
+        n.terminate();
+        assert!(f.path("conf/logs/flood.log.1").exists(), "{mode}: the log rotated on the way");
+        let out = program_output(&f, "flood", 20);
+        let mut expected = 0u64;
+        for line in out.lines() {
+            let got: u64 = line
+                .strip_prefix("flood ")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("{mode}: not a line of the program at line {expected}: {line:?}"));
+            assert_eq!(got, expected, "{mode}: line {expected} is followed by {got} (lost or doubled)");
+            expected += 1;
+        }
+        assert!(expected > 5 << 20 >> 4, "{mode}: only {expected} lines");
+    }
+}
+
 /// Without a store (no systemd, or none configured) a pipe would die with air-nanny and take its
 /// writers with it (SIGPIPE): `LOG_OUTPUT: pipe` then keeps the files, and says so.
 #[test]
