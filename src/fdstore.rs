@@ -156,10 +156,25 @@ pub fn take_handed_back() {
         // SAFETY: systemd passed this descriptor to this process (LISTEN_PID is ours) and nothing
         // else in air-nanny takes it; from here on it is owned, and not inherited by children.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        taken.push((name, out_of_the_low_numbers(fd)));
+    }
+}
+
+/// `fd` at a number of [`crate::spawn::SLOTS_BELOW`] or more, close-on-exec. systemd passes the
+/// store from 3 on; the low numbers are for the three that spawns keep (taken next, see
+/// `spawn::reserve_slots`): with 61 pipes or more in the way they were found no lower than 64,
+/// and every child then got a copy of the whole table. Where no higher number can be had, `fd`
+/// stays where it is.
+fn out_of_the_low_numbers(fd: OwnedFd) -> OwnedFd {
+    // SAFETY: fcntl on a descriptor we own; a new one is owned by the OwnedFd made of it.
+    let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, crate::spawn::SLOTS_BELOW) };
+    if high < 0 {
         // SAFETY: fcntl on a descriptor we own.
         unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-        taken.push((name, fd));
+        return fd;
     }
+    // SAFETY: F_DUPFD_CLOEXEC just made it; `fd` is closed as it drops.
+    unsafe { OwnedFd::from_raw_fd(high) }
 }
 
 /// The descriptors of `LISTEN_FDS` (3…) with their names, when `LISTEN_PID` is `me`.

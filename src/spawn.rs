@@ -268,7 +268,7 @@ struct Slots {
 }
 
 /// Slots are only worth having at low numbers (the child's table keeps everything below them).
-const SLOTS_BELOW: RawFd = 64;
+pub(crate) const SLOTS_BELOW: RawFd = 64;
 
 static SLOTS: OnceLock<Option<Slots>> = OnceLock::new();
 

@@ -321,6 +321,42 @@ fn a_flood_of_output_survives_kill_9_after_kill_9_without_a_lost_or_doubled_line
     }
 }
 
+/// systemd hands the store back from descriptor 3 on: with 62 pipes, 3…64 are theirs. air-nanny
+/// keeps three low numbers for its children's descriptors (a child sharing its table keeps only
+/// what is below them, see `spawn::Slots`); the pipes are moved out of the way first, so it still
+/// gets them — it gave up (every child then copied the whole table) when they were higher than 63.
+#[test]
+fn sixty_two_pipes_handed_back_leave_the_low_descriptors_to_the_spawns() {
+    let f = Fixture::with_config("CGROUPS: off\nLOG_OUTPUT: pipe\n");
+    let names: Vec<String> = (0..62).map(|i| format!("p{i:02}")).collect();
+    let services: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let mut s = f.direct_service(name, 0, &["--heartbeat", "3600"]);
+            s["script"]["programFilePath"] = json!(f.program_linked("shared"));
+            s
+        })
+        .collect();
+    f.write_services(&json!(services));
+    let store = StandInStore::new(f.path("notify.sock"));
+    let env = store.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut n = f.start_with_env(&env);
+    wait_until("the 62 pipes in the store", Duration::from_secs(20), || (store.names().len() == 62).then_some(()));
+    n.kill9();
+    let n = f.start_handing_back(&store);
+    let pid = n.wait_running("p61")[0];
+    assert_eq!(store.names().len(), 62);
+    let log = std::fs::read_to_string(f.path("nanny.log")).unwrap();
+    assert!(!log.contains("no low descriptor slots"), "{log}");
+    // And a restart there works, its output in its log.
+    kill9(pid);
+    wait_until("p61 restarted", Duration::from_secs(10), || (n.pids("p61").first() != Some(&pid)).then_some(()));
+    wait_until("p61's new run in its log", Duration::from_secs(10), || {
+        (f.log("p61").matches("shared: started").count() >= 2).then_some(())
+    });
+}
+
 /// Without a store (no systemd, or none configured) a pipe would die with air-nanny and take its
 /// writers with it (SIGPIPE): `LOG_OUTPUT: pipe` then keeps the files, and says so.
 #[test]
