@@ -427,7 +427,13 @@ impl Reaper {
     ) -> io::Result<(Spawned, crate::spawn::Launch)> {
         let mut table = self.waiters.lock().expect("reaper lock");
         let launch = crate::spawn::launch_into(cmd, output, cgroup, extras)?;
-        Ok((table.register(launch.pid, life), launch))
+        let spawned = table.register(launch.pid, life);
+        drop(table);
+        if extras.hurry {
+            // SAFETY: no preconditions.
+            unsafe { libc::sched_yield() };
+        }
+        Ok((spawned, launch))
     }
 
     /// Holds `pid`, a child spawned through this reaper, by a pidfd: exact, because a child whose

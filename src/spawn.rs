@@ -76,7 +76,8 @@ pub struct Extras {
     /// The open-file limit to give the child (`None`: inherit air-nanny's).
     pub nofile: Option<(u64, u64)>,
     /// A restart, whose child's exec is what the service waits for: once the child has a table of
-    /// its own, air-nanny yields its CPU (`sched_yield`), so that a child cloned onto air-nanny's
+    /// its own and is registered, air-nanny yields its CPU (`sched_yield`, by the reaper, outside
+    /// its lock: `Reaper::begin_launch`), so that a child cloned onto air-nanny's
     /// CPU goes on to its exec before air-nanny's own work after the clone (the restart's notes,
     /// its bookkeeping) instead of waiting for it — woken by the child's first step, air-nanny
     /// would otherwise take the CPU back from it at once. Where the child runs on another CPU, the
@@ -599,10 +600,6 @@ impl Prepared {
                         return Err(SpawnError::Child(e));
                     }
                     sl.release();
-                }
-                if this.extras.hurry {
-                    // SAFETY: no preconditions.
-                    unsafe { libc::sched_yield() };
                 }
                 (ret, flight)
             }
