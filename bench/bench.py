@@ -327,8 +327,20 @@ def script_run(setup, name):
     if script.wait() != 0:
         raise SystemExit(f"bench: {setup.script} start exited {script.returncode}")
     subprocess.run([setup.script, "stop"], env=env, check=True)
-    wait_until(f"{name} to stop", 10, lambda: not os.path.exists(f"/proc/{new[0]}") or zombie(new[0]))
+    wait_until(f"{name} to stop", 10, lambda: exited(new[0]))
     return (new[1] - t0) / 1e6
+
+
+def exited(pid):
+    """Every thread of `pid` has ended: gone, or a zombie with no other thread left. A zombie
+    leader alone said nothing of its other threads, whose exits went on while the next sample ran
+    (seen in a scheduler trace: the heartbeat thread of the spare program just stopped still exiting
+    on one core while the next respawn's killed program waited 0.3 ms for it)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    return tasks in ([], [str(pid)]) and zombie(pid)
 
 
 def zombie(pid):
