@@ -3,7 +3,7 @@
 //! service — the truth about what the service runs, instead of a guess by path or pid.
 //!
 //! Layout: service cgroups are `BASE/svc-NAME` (the prefix keeps a service named like an interface
-//! file, `cgroup.procs` say, from colliding). `BASE` is, by default, the parent of air-nanny's own
+//! file, `cgroup.procs` say, from colliding), their health checks' `BASE/chk-NAME`. `BASE` is, by default, the parent of air-nanny's own
 //! cgroup when systemd put it into a `supervisor` leaf (`Delegate=yes` + `DelegateSubgroup=supervisor`:
 //! air-nanny and its services are then siblings, as the no-internal-processes rule wants), else
 //! `air-nanny` under the root when air-nanny runs in the root cgroup, else its own cgroup — after
@@ -123,7 +123,19 @@ impl Hierarchy {
 
     /// The cgroup of service `name` (not created yet).
     pub fn service(&self, name: &str) -> ServiceCgroup {
-        let rel = PathBuf::from(format!("svc-{name}"));
+        self.named(format!("svc-{name}"))
+    }
+
+    /// The cgroup of service `name`'s health checks (not created yet): beside the service's, not
+    /// in it, so that a running check is never taken for the program (its `Pids`, the cgroup's
+    /// emptying at its death), and emptied after each check, so that nothing a check leaves
+    /// behind (a background child, a `setsid` daemon) runs on.
+    pub fn checks(&self, name: &str) -> ServiceCgroup {
+        self.named(format!("chk-{name}"))
+    }
+
+    fn named(&self, rel: String) -> ServiceCgroup {
+        let rel = PathBuf::from(rel);
         ServiceCgroup {
             dir: self.base.join(&rel),
             base_fd: self.base_fd.clone(),
@@ -135,11 +147,20 @@ impl Hierarchy {
 
     /// The names of the services that have a cgroup here (from a previous run, say).
     pub fn existing(&self) -> Vec<String> {
+        self.existing_with("svc-")
+    }
+
+    /// The names of the services whose checks have a cgroup here.
+    pub fn existing_checks(&self) -> Vec<String> {
+        self.existing_with("chk-")
+    }
+
+    fn existing_with(&self, prefix: &str) -> Vec<String> {
         let Ok(entries) = fs::read_dir(&self.base) else { return Vec::new() };
         let mut names: Vec<String> = entries
             .flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("svc-")).map(str::to_string))
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix(prefix)).map(str::to_string))
             .collect();
         names.sort();
         names

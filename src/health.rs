@@ -7,6 +7,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::net::TcpStream;
 
+use crate::cgroup::ServiceCgroup;
 use crate::config::{Probe, Resolved};
 use crate::http::{parse_socket_addr, Client, HttpError, Url, Want};
 use crate::logfile::ServiceLog;
@@ -34,12 +35,22 @@ impl Outcome {
 /// Runs one check of `probe` (never [`Probe::ProcessAlive`], which the service task answers from
 /// its own pids). A command check's output goes to the service log, and its start is kept in the
 /// outcome. A check that outlives `timeout` is killed
-/// with its whole process group and fails. CMD and CMD-SHELL checks run in the service's working
+/// with its whole process group and fails. With `cgroup` (the service's checks' cgroup) a command
+/// check runs in it, and whatever is left in it when the check ends — exits, times out, or is
+/// cancelled — is killed (`cgroup.kill`): a background child or a `setsid` daemon of a check
+/// does not run on; without, only its process group at the timeout. CMD and CMD-SHELL checks run in the service's working
 /// directory, a CMD check's program as resolved (what the allow-list checked is what runs).
 ///
 /// What a remote port answered is never echoed into the reason (checks set over the API would
 /// otherwise read other services' banners into `/task/logs`): only the status, or the kind of error.
-pub async fn check(probe: &Probe, timeout: Duration, reaper: &Reaper, log: &ServiceLog, paths: &Resolved) -> Outcome {
+pub async fn check(
+    probe: &Probe,
+    timeout: Duration,
+    reaper: &Reaper,
+    log: &ServiceLog,
+    paths: &Resolved,
+    cgroup: Option<&ServiceCgroup>,
+) -> Outcome {
     match probe {
         Probe::ProcessAlive => Outcome::of(Ok(()), String::new()),
         Probe::Cmd(argv) => {
@@ -48,12 +59,12 @@ pub async fn check(probe: &Probe, timeout: Duration, reaper: &Reaper, log: &Serv
                 None => Command::new(&argv[0]),
             };
             cmd.args(&argv[1..]).current_dir(&paths.work_dir);
-            run_command(cmd, timeout, reaper, log).await
+            run_command(cmd, timeout, reaper, log, cgroup).await
         }
         Probe::Shell(script) => {
             let mut cmd = Command::new("/bin/sh");
             cmd.arg("-c").arg(script).current_dir(&paths.work_dir);
-            run_command(cmd, timeout, reaper, log).await
+            run_command(cmd, timeout, reaper, log, cgroup).await
         }
         Probe::Http(url) => {
             let result = http_check(url, timeout).await;
@@ -113,23 +124,57 @@ const OUTPUT_READ_MAX: usize = 64 * 1024;
 /// the check may hold the pipe open).
 const OUTPUT_GRACE: Duration = Duration::from_millis(100);
 
-async fn run_command(mut cmd: Command, timeout: Duration, reaper: &Reaper, log: &ServiceLog) -> Outcome {
+/// Kills what is left in a check's cgroup when the check ends, however it ends (the future may be
+/// dropped: the service stops, its run ends).
+struct Leftovers<'a>(Option<&'a ServiceCgroup>);
+
+impl Drop for Leftovers<'_> {
+    fn drop(&mut self) {
+        if let Some(cg) = self.0 {
+            if let Err(e) = cg.kill_if_populated() {
+                tracing::warn!(cgroup = %cg.dir().display(), "cannot end what a check left: {e}");
+            }
+        }
+    }
+}
+
+async fn run_command(
+    mut cmd: Command,
+    timeout: Duration,
+    reaper: &Reaper,
+    log: &ServiceLog,
+    cgroup: Option<&ServiceCgroup>,
+) -> Outcome {
     use tokio::io::AsyncReadExt;
     let (read_end, write_end) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,
         Err(e) => return Outcome::failed(format!("cannot capture output: {e}")),
     };
-    let err = match write_end.try_clone() {
-        Ok(e) => e,
-        Err(e) => return Outcome::failed(format!("cannot capture output: {e}")),
+    let _leftovers = Leftovers(cgroup);
+    let spawned = match cgroup {
+        Some(cg) => {
+            if let Err(e) = cg.create() {
+                return Outcome::failed(format!("cannot make the checks' cgroup {}: {e}", cg.dir().display()));
+            }
+            // Output into the pipe (stdout and stderr), stdin on /dev/null, born in the cgroup.
+            reaper.launch_into(cmd, write_end, cg, None, crate::reaper::Life::Command).await
+        }
+        None => {
+            let err = match write_end.try_clone() {
+                Ok(e) => e,
+                Err(e) => return Outcome::failed(format!("cannot capture output: {e}")),
+            };
+            cmd.stdin(Stdio::null()).stdout(write_end).stderr(err);
+            let spawned = reaper.spawn(&mut cmd, crate::reaper::Life::Command);
+            // The parent's write ends close here: the pipe ends when the check (and its children) do.
+            drop(cmd);
+            spawned
+        }
     };
-    cmd.stdin(Stdio::null()).stdout(write_end).stderr(err);
-    let spawned = match reaper.spawn(&mut cmd, crate::reaper::Life::Command) {
+    let spawned = match spawned {
         Ok(s) => s,
         Err(e) => return Outcome::failed(format!("cannot run the check: {e}")),
     };
-    // The parent's write ends close here: the pipe ends when the check (and its children) do.
-    drop(cmd);
     let mut rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(read_end) {
         Ok(rx) => Some(rx),
         Err(e) => {
@@ -206,14 +251,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = ServiceLog::open(dir.path(), "t", 1 << 20, 1);
         let t = Duration::from_secs(5);
-        assert!(check(&Probe::Shell("exit 0".into()), t, &reaper, &log, &here()).await.result.is_ok());
-        let e = check(&Probe::Cmd(vec!["false".into()]), t, &reaper, &log, &here()).await.result.unwrap_err();
+        assert!(check(&Probe::Shell("exit 0".into()), t, &reaper, &log, &here(), None).await.result.is_ok());
+        let e = check(&Probe::Cmd(vec!["false".into()]), t, &reaper, &log, &here(), None).await.result.unwrap_err();
         assert!(e.contains("exit status 1"), "{e}");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        assert!(check(&Probe::Tcp(addr.clone()), t, &reaper, &log, &here()).await.result.is_ok());
+        assert!(check(&Probe::Tcp(addr.clone()), t, &reaper, &log, &here(), None).await.result.is_ok());
         drop(listener);
-        assert!(check(&Probe::Tcp(addr), t, &reaper, &log, &here()).await.result.is_err());
+        assert!(check(&Probe::Tcp(addr), t, &reaper, &log, &here(), None).await.result.is_err());
     }
 
     #[tokio::test]
@@ -233,8 +278,8 @@ mod tests {
             url
         };
         let t = Duration::from_secs(5);
-        assert!(check(&Probe::Http(serve("204 No Content")), t, &reaper, &log, &here()).await.result.is_ok());
-        let e = check(&Probe::Http(serve("503 Busy")), t, &reaper, &log, &here()).await.result.unwrap_err();
+        assert!(check(&Probe::Http(serve("204 No Content")), t, &reaper, &log, &here(), None).await.result.is_ok());
+        let e = check(&Probe::Http(serve("503 Busy")), t, &reaper, &log, &here(), None).await.result.unwrap_err();
         assert!(e.contains("answered 503"), "{e}");
     }
 
@@ -244,23 +289,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = ServiceLog::open(dir.path(), "t", 1 << 20, 1);
         let t = Duration::from_secs(5);
-        let o = check(&Probe::Shell("echo disk full >&2; exit 3".into()), t, &reaper, &log, &here()).await;
+        let o = check(&Probe::Shell("echo disk full >&2; exit 3".into()), t, &reaper, &log, &here(), None).await;
         assert_eq!(o.result, Err("check exit status 3".into()));
         assert_eq!(o.output, "disk full", "stderr is captured");
         // Long output: the first 512 bytes are kept, all of it (up to 64 KiB) reaches the log.
-        let o = check(&Probe::Shell("yes abcdefgh | head -c 20000".into()), t, &reaper, &log, &here()).await;
+        let o = check(&Probe::Shell("yes abcdefgh | head -c 20000".into()), t, &reaper, &log, &here(), None).await;
         assert!(o.result.is_ok());
         assert_eq!(o.output.len(), crate::events::OUTPUT_MAX);
         let logged = std::fs::read_to_string(log.path()).unwrap();
         assert!(logged.contains("disk full") && logged.len() >= 20000, "{}", logged.len());
         // A background child holding the pipe open does not hold the check past its exit.
         let started = std::time::Instant::now();
-        let o = check(&Probe::Shell("echo ok; sleep 5 &".into()), t, &reaper, &log, &here()).await;
+        let o = check(&Probe::Shell("echo ok; sleep 5 &".into()), t, &reaper, &log, &here(), None).await;
         assert_eq!((o.result, o.output.as_str()), (Ok(()), "ok"));
         assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
-        let o = check(&Probe::Tcp(addr.clone()), t, &reaper, &log, &here()).await;
+        let o = check(&Probe::Tcp(addr.clone()), t, &reaper, &log, &here(), None).await;
         assert_eq!(o.output, format!("connected to {addr}"));
     }
 
@@ -271,8 +316,10 @@ mod tests {
         let log = ServiceLog::open(dir.path(), "t", 1 << 20, 1);
         let marker = dir.path().join("pid");
         let script = format!("sleep 30 & echo $! > {}; wait", marker.display());
-        let e =
-            check(&Probe::Shell(script), Duration::from_millis(300), &reaper, &log, &here()).await.result.unwrap_err();
+        let e = check(&Probe::Shell(script), Duration::from_millis(300), &reaper, &log, &here(), None)
+            .await
+            .result
+            .unwrap_err();
         assert!(e.contains("timed out"), "{e}");
         let pid: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

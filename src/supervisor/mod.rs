@@ -365,6 +365,27 @@ impl Actor {
     /// stopped. Stopped and reported, never left running invisibly; empty ones are removed.
     fn reclaim(&mut self) {
         let Some(cgroups) = self.cgroups.clone() else { return };
+        // Health checks' cgroups: no check runs yet, so what is in one was left by a previous
+        // air-nanny killed during a check. Ended and removed (the next check makes it again).
+        for name in cgroups.hierarchy.existing_checks() {
+            let cg = cgroups.hierarchy.checks(&name);
+            match cg.kill_if_populated() {
+                Ok(false) => {
+                    let _ = cg.remove();
+                }
+                killed => {
+                    tracing::warn!(cgroup = %cg.dir().display(), "ending what a health check left running (left by a previous air-nanny)");
+                    if let Err(e) = killed {
+                        tracing::error!(cgroup = %cg.dir().display(), "cannot kill the cgroup: {e}");
+                    }
+                    self.detached.spawn(async move {
+                        if cg.wait_empty(None, tokio::time::Instant::now() + Duration::from_secs(5)).await {
+                            let _ = cg.remove();
+                        }
+                    });
+                }
+            }
+        }
         for name in cgroups.hierarchy.existing() {
             let owner = self.tasks.get(&name);
             if let Some(h) = owner {

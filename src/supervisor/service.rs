@@ -173,6 +173,8 @@ impl ServiceHandle {
 struct Owned {
     cg: ServiceCgroup,
     events: cgroup::EventsWatch,
+    /// The cgroup its health checks run in (made at the first check).
+    checks: ServiceCgroup,
 }
 
 impl Owned {
@@ -182,7 +184,7 @@ impl Owned {
         let cg = cgroups.hierarchy.service(name);
         let made = cg.create()?;
         let events = cgroups.monitor.watch(&cg)?;
-        Ok((Owned { cg, events }, made))
+        Ok((Owned { cg, events, checks: cgroups.hierarchy.checks(name) }, made))
     }
 
     fn members(&self) -> Vec<i32> {
@@ -416,6 +418,10 @@ impl ServiceTask {
         // 20 % longer, also from another thread.
         if let Some(o) = self.owned.as_ref().filter(|_| !self.shut_down) {
             let _ = o.cg.remove();
+            // What a check left was killed as the check ended (or was cancelled, just above);
+            // a cgroup not yet empty is left to the next start (`Actor::reclaim`).
+            let _ = o.checks.kill_if_populated();
+            let _ = o.checks.remove();
         }
         crate::fdstore::detach(&self.info.name, &self.log, !self.shut_down);
     }
@@ -891,11 +897,12 @@ impl ServiceTask {
         let timeout = Duration::from_secs(run.info.health_check.timeout);
         let token = self.run_token.get_or_insert_with(CancellationToken::new).clone();
         let (tx, reaper, log) = (self.events.clone(), self.reaper.clone(), self.log.clone());
+        let checks = self.owned.as_ref().map(|o| o.checks.clone());
         tokio::spawn(async move {
             let at = SystemTime::now();
             let started = std::time::Instant::now();
             tokio::select! {
-                outcome = health::check(&probe, timeout, &reaper, &log, &run.paths) => {
+                outcome = health::check(&probe, timeout, &reaper, &log, &run.paths, checks.as_ref()) => {
                     let check = LastCheck { at, took: started.elapsed(), failure: outcome.result.err(), output: outcome.output };
                     tx.send_msg(Msg::Checked(gen, Box::new(check))).await;
                 }

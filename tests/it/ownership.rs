@@ -357,6 +357,80 @@ fn sixty_two_pipes_handed_back_leave_the_low_descriptors_to_the_spawns() {
     });
 }
 
+/// A health check's processes are the service's too: what a check leaves behind — a background
+/// child, or a daemon that left the check's process group with `setsid` — ends with the check
+/// (with cgroups: the check runs in a cgroup of the service's checks, `chk-NAME`, emptied after
+/// each check), instead of running on beside the service, one more at every interval. Without
+/// cgroups, a check is still ended with its process group at its timeout (see `health.rs`), but
+/// what it leaves after it exits runs on: that mode is not tested here.
+#[test]
+fn a_health_checks_leftovers_end_with_the_check() {
+    if !cgroups_here("check leftovers") {
+        return;
+    }
+    let f = Fixture::with_config("CGROUPS: required\n");
+    let (bg, escaped) = (f.program_path("bg"), f.program_path("escaped"));
+    f.program("bg");
+    f.program("escaped");
+    let marker = f.path("checks");
+    let mut s = f.direct_service("checked", 0, &["--heartbeat", "3600"]);
+    s["healthCheck"] = json!({
+        "isHealthCheck": true, "interval": 1, "timeout": 5, "start_period": 0, "retries": 3,
+        "test": ["CMD-SHELL", format!(
+            "{} --heartbeat 3600 </dev/null >/dev/null 2>&1 & setsid {} --heartbeat 3600 </dev/null >/dev/null 2>&1 & echo x >> {}; echo ok",
+            bg.display(), escaped.display(), marker.display())]
+    });
+    f.write_services(&json!([s]));
+    let mut n = f.start();
+    n.wait_running("checked");
+    let checks = || std::fs::read_to_string(&marker).unwrap_or_default().lines().count();
+    wait_until("four checks", Duration::from_secs(15), || (checks() >= 4).then_some(()));
+    assert_eq!(n.task("checked")["LastCheck"]["Ok"], true);
+    // At most the last check's, on their way out: not one per check.
+    wait_until("the checks' leftovers gone", Duration::from_secs(5), || {
+        (f.pids_of("bg").len() <= 1 && f.pids_of("escaped").len() <= 1).then_some(())
+    });
+    assert!(!n.pids("checked").is_empty());
+    n.terminate();
+    wait_until("nothing of the checks after the stop", Duration::from_secs(5), || {
+        (f.pids_of("bg").is_empty() && f.pids_of("escaped").is_empty()).then_some(())
+    });
+}
+
+/// air-nanny killed in the middle of a check: what the check had started is found in the checks'
+/// cgroup at the next start and ended there (here the check is no longer configured, so no later
+/// check would end it).
+#[test]
+fn what_a_check_left_at_a_crash_is_ended_at_the_next_start() {
+    if !cgroups_here("check leftovers at a crash") {
+        return;
+    }
+    let f = Fixture::with_config("CGROUPS: required\n");
+    let bg = f.program_path("bg");
+    f.program("bg");
+    let plain = f.direct_service("checked", 0, &["--heartbeat", "3600"]);
+    let mut s = plain.clone();
+    s["healthCheck"] = json!({
+        "isHealthCheck": true, "interval": 1, "timeout": 60, "start_period": 0, "retries": 3,
+        "test": ["CMD-SHELL", format!("{} --heartbeat 3600 </dev/null >/dev/null 2>&1 & sleep 30", bg.display())]
+    });
+    f.write_services(&json!([s]));
+    let mut n = f.start();
+    let pid = n.wait_running("checked")[0];
+    let left = wait_until("a check running", Duration::from_secs(10), || {
+        let p = f.pids_of("bg");
+        (!p.is_empty()).then_some(p)
+    });
+    n.kill9();
+    assert!(alive(left[0] as i64));
+    f.write_services(&json!([plain]));
+    let n = f.start();
+    assert_eq!(n.wait_running("checked"), vec![pid], "the program adopted");
+    wait_until("the check's leftover ended", Duration::from_secs(5), || f.pids_of("bg").is_empty().then_some(()));
+    let checks = f.cgroup_dir().unwrap().join("chk-checked");
+    wait_until("the checks' cgroup removed", Duration::from_secs(5), || (!checks.exists()).then_some(()));
+}
+
 /// Without a store (no systemd, or none configured) a pipe would die with air-nanny and take its
 /// writers with it (SIGPIPE): `LOG_OUTPUT: pipe` then keeps the files, and says so.
 #[test]
