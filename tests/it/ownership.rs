@@ -397,6 +397,34 @@ fn a_health_checks_leftovers_end_with_the_check() {
     });
 }
 
+/// A service deleted while its check runs: the check and what it started end, and the checks'
+/// cgroup goes with the service's.
+#[test]
+fn deleting_a_service_ends_its_running_check_and_removes_the_checks_cgroup() {
+    if !cgroups_here("check of a deleted service") {
+        return;
+    }
+    let f = Fixture::with_config("CGROUPS: required\n");
+    let bg = f.program_path("bg");
+    f.program("bg");
+    let mut s = f.direct_service("checked", 0, &["--heartbeat", "3600"]);
+    s["healthCheck"] = json!({
+        "isHealthCheck": true, "interval": 1, "timeout": 60, "start_period": 0, "retries": 3,
+        "test": ["CMD-SHELL", format!("{} --heartbeat 3600 </dev/null >/dev/null 2>&1 & sleep 30", bg.display())]
+    });
+    f.write_services(&json!([s]));
+    let n = f.start();
+    n.wait_running("checked");
+    wait_until("a check running", Duration::from_secs(10), || (!f.pids_of("bg").is_empty()).then_some(()));
+    let dir = f.cgroup_dir().unwrap();
+    assert!(dir.join("chk-checked").exists());
+    n.ok("DELETE", "/task/del?name=checked", None);
+    wait_until("the check's processes gone", Duration::from_secs(5), || f.pids_of("bg").is_empty().then_some(()));
+    wait_until("both cgroups removed", Duration::from_secs(5), || {
+        (!dir.join("chk-checked").exists() && !dir.join("svc-checked").exists()).then_some(())
+    });
+}
+
 /// air-nanny killed in the middle of a check: what the check had started is found in the checks'
 /// cgroup at the next start and ended there (here the check is no longer configured, so no later
 /// check would end it).
