@@ -150,12 +150,14 @@ async fn run_command(
         Ok(p) => p,
         Err(e) => return Outcome::failed(format!("cannot capture output: {e}")),
     };
+    if let Some(cg) = cgroup {
+        if let Err(e) = cg.create() {
+            return Outcome::failed(format!("cannot make the checks' cgroup {}: {e}", cg.dir().display()));
+        }
+    }
     let _leftovers = Leftovers(cgroup);
     let spawned = match cgroup {
         Some(cg) => {
-            if let Err(e) = cg.create() {
-                return Outcome::failed(format!("cannot make the checks' cgroup {}: {e}", cg.dir().display()));
-            }
             // Output into the pipe (stdout and stderr), stdin on /dev/null, born in the cgroup.
             reaper.launch_into(cmd, write_end, cg, None, crate::reaper::Life::Command).await
         }
