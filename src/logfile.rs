@@ -89,6 +89,10 @@ impl Rotating {
             match e.raw_os_error() {
                 Some(libc::EINTR) => continue,
                 Some(libc::EINVAL) => {
+                    tracing::warn!(
+                        file = %self.path.display(),
+                        "the file system refuses splice into this log: the pipe's output is copied through air-nanny's memory, so a kill of air-nanny may lose what it has read and not yet written"
+                    );
                     self.no_splice = true;
                     self.spliced = None;
                     return Ok(None);
