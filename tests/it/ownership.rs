@@ -397,6 +397,17 @@ fn a_health_checks_leftovers_end_with_the_check() {
     });
 }
 
+/// `service` with a check that starts the program `bg` (installed here) in the background and
+/// then takes 30 s: while it runs, `bg` is in the checks' cgroup.
+fn with_a_long_check(f: &Fixture, mut service: serde_json::Value) -> serde_json::Value {
+    f.program("bg");
+    service["healthCheck"] = json!({
+        "isHealthCheck": true, "interval": 1, "timeout": 60, "start_period": 0, "retries": 3,
+        "test": ["CMD-SHELL", format!("{} --heartbeat 3600 </dev/null >/dev/null 2>&1 & sleep 30", f.program_path("bg").display())]
+    });
+    service
+}
+
 /// A service deleted while its check runs: the check and what it started end, and the checks'
 /// cgroup goes with the service's.
 #[test]
@@ -405,14 +416,7 @@ fn deleting_a_service_ends_its_running_check_and_removes_the_checks_cgroup() {
         return;
     }
     let f = Fixture::with_config("CGROUPS: required\n");
-    let bg = f.program_path("bg");
-    f.program("bg");
-    let mut s = f.direct_service("checked", 0, &["--heartbeat", "3600"]);
-    s["healthCheck"] = json!({
-        "isHealthCheck": true, "interval": 1, "timeout": 60, "start_period": 0, "retries": 3,
-        "test": ["CMD-SHELL", format!("{} --heartbeat 3600 </dev/null >/dev/null 2>&1 & sleep 30", bg.display())]
-    });
-    f.write_services(&json!([s]));
+    f.write_services(&json!([with_a_long_check(&f, f.direct_service("checked", 0, &["--heartbeat", "3600"]))]));
     let n = f.start();
     n.wait_running("checked");
     wait_until("a check running", Duration::from_secs(10), || (!f.pids_of("bg").is_empty()).then_some(()));
@@ -434,15 +438,8 @@ fn what_a_check_left_at_a_crash_is_ended_at_the_next_start() {
         return;
     }
     let f = Fixture::with_config("CGROUPS: required\n");
-    let bg = f.program_path("bg");
-    f.program("bg");
     let plain = f.direct_service("checked", 0, &["--heartbeat", "3600"]);
-    let mut s = plain.clone();
-    s["healthCheck"] = json!({
-        "isHealthCheck": true, "interval": 1, "timeout": 60, "start_period": 0, "retries": 3,
-        "test": ["CMD-SHELL", format!("{} --heartbeat 3600 </dev/null >/dev/null 2>&1 & sleep 30", bg.display())]
-    });
-    f.write_services(&json!([s]));
+    f.write_services(&json!([with_a_long_check(&f, plain.clone())]));
     let mut n = f.start();
     let pid = n.wait_running("checked")[0];
     let left = wait_until("a check running", Duration::from_secs(10), || {
