@@ -4,14 +4,12 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use tokio::net::TcpStream;
 
 use crate::cgroup::ServiceCgroup;
 use crate::config::{Probe, Resolved};
 use crate::http::{parse_socket_addr, Client, HttpError, Url, Want};
 use crate::logfile::ServiceLog;
-use crate::process;
 use crate::reaper::Reaper;
 
 /// What one check found: `Ok` is healthy, `Err` says why not; `output` is the start of what a
@@ -34,11 +32,11 @@ impl Outcome {
 
 /// Runs one check of `probe` (never [`Probe::ProcessAlive`], which the service task answers from
 /// its own pids). A command check's output goes to the service log, and its start is kept in the
-/// outcome. A check that outlives `timeout` is killed
-/// with its whole process group and fails. With `cgroup` (the service's checks' cgroup) a command
-/// check runs in it, and whatever is left in it when the check ends — exits, times out, or is
-/// cancelled — is killed (`cgroup.kill`): a background child or a `setsid` daemon of a check
-/// does not run on; without, only its process group at the timeout. CMD and CMD-SHELL checks run in the service's working
+/// outcome. A check that outlives `timeout` is killed and fails. Whatever a command check leaves
+/// is killed when it ends — exits, times out, or is cancelled: its process group, and with
+/// `cgroup` (the service's checks' cgroup, where the check then runs) everything in that cgroup
+/// (`cgroup.kill`), a `setsid` daemon of the check included; without, a child that left the
+/// check's process group runs on. CMD and CMD-SHELL checks run in the service's working
 /// directory, a CMD check's program as resolved (what the allow-list checked is what runs).
 ///
 /// What a remote port answered is never echoed into the reason (checks set over the API would
@@ -124,13 +122,21 @@ const OUTPUT_READ_MAX: usize = 64 * 1024;
 /// the check may hold the pipe open).
 const OUTPUT_GRACE: Duration = Duration::from_millis(100);
 
-/// Kills what is left in a check's cgroup when the check ends, however it ends (the future may be
-/// dropped: the service stops, its run ends).
-struct Leftovers<'a>(Option<&'a ServiceCgroup>);
+/// Kills what is left of a check when the check ends, however it ends (the future may be dropped:
+/// the service stops, its run ends): whatever is in the checks' cgroup, and the check's process
+/// group while the check is not collected yet (once it is, the reaper has killed that group:
+/// [`crate::reaper::Life::Check`]).
+struct Leftovers<'a> {
+    cgroup: Option<&'a ServiceCgroup>,
+    group: Option<(&'a Reaper, i32)>,
+}
 
 impl Drop for Leftovers<'_> {
     fn drop(&mut self) {
-        if let Some(cg) = self.0 {
+        if let Some((reaper, pid)) = self.group {
+            reaper.kill_group(pid);
+        }
+        if let Some(cg) = self.cgroup {
             if let Err(e) = cg.kill_if_populated() {
                 tracing::warn!(cgroup = %cg.dir().display(), "cannot end what a check left: {e}");
             }
@@ -155,11 +161,11 @@ async fn run_command(
             return Outcome::failed(format!("cannot make the checks' cgroup {}: {e}", cg.dir().display()));
         }
     }
-    let _leftovers = Leftovers(cgroup);
+    let mut leftovers = Leftovers { cgroup, group: None };
     let spawned = match cgroup {
         Some(cg) => {
             // Output into the pipe (stdout and stderr), stdin on /dev/null, born in the cgroup.
-            reaper.launch_into(cmd, write_end, cg, None, crate::reaper::Life::Command).await
+            reaper.launch_into(cmd, write_end, cg, None, crate::reaper::Life::Check).await
         }
         None => {
             let err = match write_end.try_clone() {
@@ -167,7 +173,7 @@ async fn run_command(
                 Err(e) => return Outcome::failed(format!("cannot capture output: {e}")),
             };
             cmd.stdin(Stdio::null()).stdout(write_end).stderr(err);
-            let spawned = reaper.spawn(&mut cmd, crate::reaper::Life::Command);
+            let spawned = reaper.spawn(&mut cmd, crate::reaper::Life::Check);
             // The parent's write ends close here: the pipe ends when the check (and its children) do.
             drop(cmd);
             spawned
@@ -177,6 +183,7 @@ async fn run_command(
         Ok(s) => s,
         Err(e) => return Outcome::failed(format!("cannot run the check: {e}")),
     };
+    leftovers.group = Some((reaper, spawned.pid));
     let mut rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(read_end) {
         Ok(rx) => Some(rx),
         Err(e) => {
@@ -204,7 +211,7 @@ async fn run_command(
             }
             _ = tokio::time::sleep_until(until) => {
                 if status.is_none() {
-                    process::signal_group(spawned.pid, Signal::SIGKILL);
+                    reaper.kill_group(spawned.pid);
                     log.append(&output);
                     return Outcome {
                         result: Err(format!("check timed out after {}s and was killed", timeout.as_secs())),
@@ -325,6 +332,6 @@ mod tests {
         assert!(e.contains("timed out"), "{e}");
         let pid: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        assert!(process::wait_all_exit(&[pid], deadline).await, "the check's own child must die too");
+        assert!(crate::process::wait_all_exit(&[pid], deadline).await, "the check's own child must die too");
     }
 }

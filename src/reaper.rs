@@ -115,9 +115,12 @@ impl Launching {
 /// What a spawned child is to the reaper: how its exit is looked for when walks are deferred.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Life {
-    /// A command expected to end soon (a control script, a check): looked for by pid at every
-    /// SIGCHLD.
+    /// A command expected to end soon (a control script): looked for by pid at every SIGCHLD.
     Command,
+    /// A check: a command whose process group is killed when it exits, before it is reaped (until
+    /// then its zombie keeps the group's id from being taken by another process), so that nothing
+    /// it started in the background runs on after it.
+    Check,
     /// A program: its exit is found when its cgroup empties ([`Reaper::collect`]), or by the walk.
     Program,
 }
@@ -137,6 +140,8 @@ struct Table {
     /// Zombies whose exit was handed over by [`Reaper::collect`] before they were reaped: their
     /// reap (by pid at a SIGCHLD, or the walk) delivers nothing again.
     peeked: Vec<i32>,
+    /// Running checks ([`Life::Check`]): their process groups are killed when they exit.
+    groups: Vec<i32>,
 }
 
 /// An exit and its place in the order of reaping (a larger `seq` was reaped later).
@@ -178,8 +183,11 @@ impl Table {
         let (tx, rx) = oneshot::channel();
         self.waiters.insert(pid, Waiter::Spawned(tx));
         self.recent.retain(|(p, _)| *p != pid);
-        if life == Life::Command {
+        if matches!(life, Life::Command | Life::Check) {
             self.expected.push(pid);
+        }
+        if life == Life::Check {
+            self.groups.push(pid);
         }
         Spawned { pid, exit: rx }
     }
@@ -211,9 +219,14 @@ impl Table {
         }
     }
 
+    /// `pid` is settled (reaped, or no child of air-nanny's): no longer looked for, and never
+    /// again a group to kill (its id may be another's from now on).
     fn unexpect(&mut self, pid: i32) {
         if let Some(i) = self.expected.iter().position(|p| *p == pid) {
             self.expected.swap_remove(i);
+        }
+        if let Some(i) = self.groups.iter().position(|p| *p == pid) {
+            self.groups.swap_remove(i);
         }
     }
 
@@ -240,9 +253,25 @@ impl Table {
         true
     }
 
+    /// Kills the process group of `pid`, a check that has exited and is not reaped yet.
+    fn end_group(&mut self, pid: i32) {
+        if let Some(i) = self.groups.iter().position(|p| *p == pid) {
+            self.groups.swap_remove(i);
+            crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
     /// Reaps `pid` if it has exited: true when it is settled (reaped now, or no child of
-    /// air-nanny's to wait for), false while it runs.
+    /// air-nanny's to wait for), false while it runs. A check's group is killed first.
     fn reap_pid(&mut self, pid: i32) -> bool {
+        if self.groups.contains(&pid) {
+            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+            match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid)), flags) {
+                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => self.end_group(pid),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => return false,
+                Err(_) => {}
+            }
+        }
         match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(p, code)) => self.deliver(p.as_raw(), Exit::Code(code)),
             Ok(WaitStatus::Signaled(p, sig, _)) => self.deliver(p.as_raw(), Exit::Signal(sig as i32)),
@@ -476,11 +505,24 @@ impl Reaper {
         Some(rx)
     }
 
-    /// Collects every exited child, handing each status to its waiter.
+    /// Collects every exited child, handing each status to its waiter. While checks run, each
+    /// exit is looked at before it is collected, and a check's group killed in between.
     fn reap_all(&self) {
         let mut waiters = self.waiters.lock().expect("reaper lock");
         loop {
-            let (pid, exit) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            let status = if waiters.groups.is_empty() {
+                waitpid(None, Some(WaitPidFlag::WNOHANG))
+            } else {
+                let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+                match waitid(Id::All, flags) {
+                    Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, ..)) => {
+                        waiters.end_group(pid.as_raw());
+                        waitpid(pid, Some(WaitPidFlag::WNOHANG))
+                    }
+                    other => other,
+                }
+            };
+            let (pid, exit) = match status {
                 Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), Exit::Code(code)),
                 Ok(WaitStatus::Signaled(pid, sig, _)) => (pid.as_raw(), Exit::Signal(sig as i32)),
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
@@ -488,6 +530,18 @@ impl Reaper {
             };
             waiters.deliver(pid, exit);
         }
+    }
+
+    /// Kills the process group of `pid`, a child spawned through this reaper, if it has not been
+    /// reaped yet: exact, because until then its pid, the group's id, is nobody else's (the lock
+    /// keeps the reaper from collecting it meanwhile). False when it had been reaped.
+    pub fn kill_group(&self, pid: i32) -> bool {
+        let table = self.waiters.lock().expect("reaper lock");
+        if !table.waiters.contains_key(&pid) {
+            return false;
+        }
+        crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+        true
     }
 }
 
@@ -560,6 +614,40 @@ mod tests {
             })
             .count();
         assert_eq!(zombies, 0);
+    }
+
+    /// A check's process group is killed when it exits, before it is reaped, whether every SIGCHLD
+    /// walks or the walk is deferred (the check then reaped by pid); a control script's is not (a
+    /// start script leaves its program running in its group).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checks_group_ends_with_it_a_scripts_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let bg = |name: &str| {
+            let f = dir.path().join(name);
+            let script = format!("sleep 30 & echo $! > {}; exit 3", f.display());
+            (f, script)
+        };
+        let read = |f: &std::path::Path| std::fs::read_to_string(f).unwrap().trim().parse::<i32>().unwrap();
+        for defer in [None, Some(WALK_DEFER)] {
+            let reaper = Reaper::start_deferring(defer).unwrap();
+            let (f, script) = bg("script");
+            let s = reaper.spawn(Command::new("sh").arg("-c").arg(&script), Life::Command).unwrap();
+            assert_eq!(s.exit.await.unwrap(), Exit::Code(3));
+            let daemon = read(&f);
+            let (f, script) = bg("check");
+            let s = reaper.spawn(Command::new("sh").arg("-c").arg(&script), Life::Check).unwrap();
+            assert_eq!(s.exit.await.unwrap(), Exit::Code(3));
+            let leftover = read(&f);
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            assert!(
+                crate::process::wait_all_exit(&[leftover], deadline).await,
+                "the check's child runs on ({defer:?})"
+            );
+            assert!(reaper.waiters.lock().unwrap().groups.iter().all(|p| *p != s.pid));
+            // Killed (had it been) before the check's child was: gone by now.
+            assert!(crate::process::is_alive(daemon), "a control script's child was killed ({defer:?})");
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon), nix::sys::signal::Signal::SIGKILL);
+        }
     }
 
     /// Launched without waiting for the exec: the exit still reaches the spawner, a missing
