@@ -367,33 +367,7 @@ fn a_health_checks_leftovers_end_with_the_check() {
     if !cgroups_here("check leftovers") {
         return;
     }
-    let f = Fixture::with_config("CGROUPS: required\n");
-    let (bg, escaped) = (f.program_path("bg"), f.program_path("escaped"));
-    f.program("bg");
-    f.program("escaped");
-    let marker = f.path("checks");
-    let mut s = f.direct_service("checked", 0, &["--heartbeat", "3600"]);
-    s["healthCheck"] = json!({
-        "isHealthCheck": true, "interval": 1, "timeout": 5, "start_period": 0, "retries": 3,
-        "test": ["CMD-SHELL", format!(
-            "{} --heartbeat 3600 </dev/null >/dev/null 2>&1 & setsid {} --heartbeat 3600 </dev/null >/dev/null 2>&1 & echo x >> {}; echo ok",
-            bg.display(), escaped.display(), marker.display())]
-    });
-    f.write_services(&json!([s]));
-    let mut n = f.start();
-    n.wait_running("checked");
-    let checks = || std::fs::read_to_string(&marker).unwrap_or_default().lines().count();
-    wait_until("four checks", Duration::from_secs(15), || (checks() >= 4).then_some(()));
-    assert_eq!(n.task("checked")["LastCheck"]["Ok"], true);
-    // At most the last check's, on their way out: not one per check.
-    wait_until("the checks' leftovers gone", Duration::from_secs(5), || {
-        (f.pids_of("bg").len() <= 1 && f.pids_of("escaped").len() <= 1).then_some(())
-    });
-    assert!(!n.pids("checked").is_empty());
-    n.terminate();
-    wait_until("nothing of the checks after the stop", Duration::from_secs(5), || {
-        (f.pids_of("bg").is_empty() && f.pids_of("escaped").is_empty()).then_some(())
-    });
+    checks_leave_nothing("CGROUPS: required\n", &[("bg", false), ("escaped", true)]);
 }
 
 /// Without cgroups a check's process group ends with it: what it started in the background is
@@ -402,16 +376,26 @@ fn a_health_checks_leftovers_end_with_the_check() {
 /// in this mode (README, "Without cgroups").
 #[test]
 fn without_cgroups_a_checks_background_children_end_with_it() {
-    let f = Fixture::with_config("CGROUPS: off\n");
-    let bg = f.program_path("bg");
-    f.program("bg");
+    checks_leave_nothing("CGROUPS: off\n", &[("bg", false)]);
+}
+
+/// A service whose check (every second) starts each of `leftovers` — programs installed here,
+/// `(name, setsid)` — in the background and exits: after four checks at most the last check's are
+/// alive (on their way out), not one per check, and none after the stop.
+fn checks_leave_nothing(config: &str, leftovers: &[(&str, bool)]) {
+    let f = Fixture::with_config(config);
     let marker = f.path("checks");
+    let mut script = String::new();
+    for &(name, setsid) in leftovers {
+        f.program(name);
+        let setsid = if setsid { "setsid " } else { "" };
+        script += &format!("{setsid}{} --heartbeat 3600 </dev/null >/dev/null 2>&1 & ", f.program_path(name).display());
+    }
+    script += &format!("echo x >> {}; echo ok", marker.display());
     let mut s = f.direct_service("checked", 0, &["--heartbeat", "3600"]);
     s["healthCheck"] = json!({
         "isHealthCheck": true, "interval": 1, "timeout": 5, "start_period": 0, "retries": 3,
-        "test": ["CMD-SHELL", format!(
-            "{} --heartbeat 3600 </dev/null >/dev/null 2>&1 & echo x >> {}; echo ok",
-            bg.display(), marker.display())]
+        "test": ["CMD-SHELL", script]
     });
     f.write_services(&json!([s]));
     let mut n = f.start();
@@ -419,13 +403,11 @@ fn without_cgroups_a_checks_background_children_end_with_it() {
     let checks = || std::fs::read_to_string(&marker).unwrap_or_default().lines().count();
     wait_until("four checks", Duration::from_secs(15), || (checks() >= 4).then_some(()));
     assert_eq!(n.task("checked")["LastCheck"]["Ok"], true);
-    // At most the last check's, on its way out: not one per check.
-    wait_until("the checks' leftovers gone", Duration::from_secs(5), || (f.pids_of("bg").len() <= 1).then_some(()));
+    let most = |k: usize| leftovers.iter().all(|(name, _)| f.pids_of(name).len() <= k);
+    wait_until("the checks' leftovers gone", Duration::from_secs(5), || most(1).then_some(()));
     assert!(!n.pids("checked").is_empty());
     n.terminate();
-    wait_until("nothing of the checks after the stop", Duration::from_secs(5), || {
-        f.pids_of("bg").is_empty().then_some(())
-    });
+    wait_until("nothing of the checks after the stop", Duration::from_secs(5), || most(0).then_some(()));
 }
 
 /// `service` with a check that starts the program `bg` (installed here) in the background and
