@@ -211,7 +211,7 @@ async fn run_command(
             }
             _ = tokio::time::sleep_until(until) => {
                 if status.is_none() {
-                    reaper.kill_group(spawned.pid);
+                    // Killed with its group by `leftovers` as this returns.
                     log.append(&output);
                     return Outcome {
                         result: Err(format!("check timed out after {}s and was killed", timeout.as_secs())),

@@ -534,14 +534,12 @@ impl Reaper {
 
     /// Kills the process group of `pid`, a child spawned through this reaper, if it has not been
     /// reaped yet: exact, because until then its pid, the group's id, is nobody else's (the lock
-    /// keeps the reaper from collecting it meanwhile). False when it had been reaped.
-    pub fn kill_group(&self, pid: i32) -> bool {
+    /// keeps the reaper from collecting it meanwhile). Nothing once it has been reaped.
+    pub fn kill_group(&self, pid: i32) {
         let table = self.waiters.lock().expect("reaper lock");
-        if !table.waiters.contains_key(&pid) {
-            return false;
+        if matches!(table.waiters.get(&pid), Some(Waiter::Spawned(_))) {
+            crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
         }
-        crate::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-        true
     }
 }
 
